@@ -1,0 +1,39 @@
+# Targets the README and CI use. Everything runs from a local virtual environment (.venv).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all lint typecheck clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job on the embedded default (local folder, untrained weights unless imported).
+demo: install
+	$(VENV)/bin/dfd score-faces ../shared/data/faces/fr_obama_small.jpg ../shared/data/deepfake/dfdc_crop_aapnvogymq-004-01.png
+
+# Fast suite (everything not marked slow); starts the services the tests use.
+test: install
+	bash scripts/ensure-services.sh
+	$(PY) -m pytest
+
+# Everything, including the full-size ensemble.
+test-all: install
+	bash scripts/ensure-services.sh
+	$(PY) -m pytest -m 'slow or not slow'
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from dfd.cli import main
+
+main()

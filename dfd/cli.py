@@ -1,0 +1,88 @@
+"""The ``dfd`` command line (``dfd --help``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dfd import bench, models_cmd
+from dfd.common import cli_errors, err_console, out_console, setup_logging
+from dfd.version import __version__
+
+app = typer.Typer(
+    help="DeepFake detection: shots, faces, face tracks and a five-model ensemble.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models_cmd.app, name="models")
+app.add_typer(bench.app, name="bench")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    setup_logging(verbose)
+
+
+@app.command("score-faces")
+@cli_errors
+def score_faces(
+    images: Annotated[list[Path], typer.Argument(help="Face crops (JPEG, PNG, WebP, BMP).")],
+    model_dir: models_cmd.ModelDirOpt = None,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores as JSON.")] = None,
+) -> None:
+    """Score pre-cropped face images with the ensemble (no face detection)."""
+    from pipeline.media import load_image
+    from pipeline.models import Ensemble, InferenceSettings
+
+    crops = [load_image(p) for p in images]
+    settings = InferenceSettings(model_dir=model_dir, backend=backend)  # type: ignore[arg-type]
+    ensemble = Ensemble.load(settings)
+    pred = ensemble.predict(crops)
+    for w in ensemble.warnings():
+        err_console.print(f"[bold yellow]WARNING[/]: {w}")
+    rows = [
+        {"image": str(p), "probability": float(pred.probability[i]), "members": pred.member_dict(i)}
+        for i, p in enumerate(images)
+    ]
+    table = Table(title="DeepFake probability per face image")
+    table.add_column("image")
+    table.add_column("ensemble", justify="right")
+    for name in pred.member_names:
+        table.add_column(name, justify="right")
+    for i, r in enumerate(rows):
+        table.add_row(
+            r["image"], f"{r['probability']:.3f}", *(f"{v:.3f}" for v in pred.member_probabilities[i])
+        )
+    out_console.print(table)
+    if json_out is not None:
+        payload = {
+            "service_version": __version__,
+            "models": [vars(info) for info in ensemble.infos],
+            "warnings": ensemble.warnings(),
+            "faces": rows,
+        }
+        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

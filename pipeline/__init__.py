@@ -1,0 +1,1 @@
+"""The method itself: plain Python and torch, no Ray."""

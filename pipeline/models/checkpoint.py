@@ -1,0 +1,100 @@
+"""Checkpoint files: sha256 verification and strict state-dict loading.
+
+Popular deepfake repositories load with ``strict=False`` and never notice that half the network kept
+its random weights. Here every mismatch is an error that names the file and the keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import CheckpointError
+
+_MAX_KEYS_IN_MESSAGE = 8
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a ``.pt``/``.pth`` (torch, weights only) or ``.safetensors`` state dict onto the CPU."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any decoder failure means the file is unusable
+        raise CheckpointError(f"checkpoint {path} cannot be read: {type(exc).__name__}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    return state
+
+
+def write_state_dict(module: nn.Module, path: Path) -> str:
+    """Save ``module``'s state dict (format from the suffix) and return the file's sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return file_sha256(path)
+
+
+def _keys(keys: list[str]) -> str:
+    shown = ", ".join(sorted(keys)[:_MAX_KEYS_IN_MESSAGE])
+    more = len(keys) - _MAX_KEYS_IN_MESSAGE
+    return shown + (f" (+{more} more)" if more > 0 else "")
+
+
+def load_checkpoint(module: nn.Module, path: Path, expected_sha256: str | None) -> str:
+    """Verify ``path`` against ``expected_sha256`` and load it into ``module`` with strict keys.
+
+    Returns the file's sha256. Raises :class:`CheckpointError` naming the file and, for a mismatch,
+    the missing, unexpected or wrongly shaped keys.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    actual = file_sha256(path)
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise CheckpointError(
+            f"checkpoint {path} has sha256 {actual}, the manifest expects {expected_sha256}; "
+            "the file is corrupt or not the one the manifest names"
+        )
+    state = read_state_dict(path)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_keys(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatch: {_keys(shapes)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit the network: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+    return actual

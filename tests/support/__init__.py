@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (real loopback servers, generated media, model folders)."""
