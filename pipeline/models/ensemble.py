@@ -20,7 +20,7 @@ from pipeline.errors import UntrainedWeightsError
 from pipeline.models.backends import OnnxRunner, Runner, TorchRunner, export_key, export_onnx
 from pipeline.models.checkpoint import load_checkpoint
 from pipeline.models.manifest import ModelDirectory, resolve_model_dir
-from pipeline.models.networks import build_network
+from pipeline.models.networks import build_network, calibrate_untrained
 from pipeline.models.preprocess import crops_to_unit_batch, normalise
 from pipeline.models.settings import InferenceSettings
 from pipeline.models.spec import MemberSpec
@@ -89,9 +89,10 @@ class Member:
                     "require_trained_weights is set"
                 )
             log.warning(RANDOM_INIT_WARNING.format(name=spec.name, root=directory.root))
+            calibrate_untrained(net, spec)
             weights: WeightsStatus = "random-init"
             sha256 = None
-            weights_id = f"random-init-{spec.architecture_digest()}"
+            weights_id = f"random-init-v3-{spec.architecture_digest()}"
         else:
             sha256 = load_checkpoint(net, path, spec.sha256)
             weights, weights_id = "trained", sha256

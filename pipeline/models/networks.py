@@ -69,3 +69,33 @@ def build_network(spec: MemberSpec) -> nn.Module:
             else DetrClassifier(spec)
         )
     return net.eval()
+
+
+def calibrate_untrained(net: nn.Module, spec: MemberSpec, batches: int = 4, batch_size: int = 8) -> nn.Module:
+    """Set batch-norm statistics of an *untrained* network from smooth synthetic images.
+
+    With timm's initial running statistics (mean 0, variance 1) deep untrained backbones blow up
+    in eval mode (EfficientNetV2-M reaches logits of 1e7), which makes their outputs numerically
+    meaningless and backends disagree wildly. Training would set these statistics; this does the
+    same on deterministic synthetic inputs, so an untrained member behaves like a network rather
+    than an overflow. It does not make its scores informative.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed(spec) + 1)
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None  # cumulative average over the calibration batches
+        net.train()
+        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std).view(1, 3, 1, 1)
+        with torch.no_grad():
+            for _ in range(batches):
+                # Smooth structure plus pixel noise: no channel may end up with a near-zero
+                # variance, which eval mode would amplify by 1/sqrt(eps) and turn into chaos.
+                size = (spec.input_size, spec.input_size)
+                base = torch.rand(batch_size, 3, 6, 6)
+                x = nn.functional.interpolate(base, size=size, mode="bilinear", align_corners=False)
+                x = (x + 0.15 * torch.randn(batch_size, 3, *size)).clamp(0, 1)
+                net((x - mean) / std)
+    return net.eval()
