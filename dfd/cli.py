@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dfd import bench, models_cmd
+from dfd import analyze_cmd, bench, models_cmd
 from dfd.common import cli_errors, err_console, out_console, setup_logging
 from dfd.version import __version__
 
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(bench.app, name="bench")
+app.command("analyze")(analyze_cmd.analyze)
 
 
 def _version(value: bool) -> None:
