@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job on the embedded default (local folder, untrained weights unless imported).
+# The main job on the embedded default (local folder, untrained weights unless imported):
+# analyse a real video end to end and write the JSON result and galleries to ./dfd-out.
+DEMO_MEDIA ?= ../shared/data/videos/liveportrait_d0.mp4
 demo: install
-	$(VENV)/bin/dfd score-faces ../shared/data/faces/fr_obama_small.jpg ../shared/data/deepfake/dfdc_crop_aapnvogymq-004-01.png
+	$(VENV)/bin/dfd analyze $(DEMO_MEDIA) --out dfd-out
 
 # Fast suite (everything not marked slow); starts the services the tests use.
 test: install
