@@ -14,20 +14,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job on the embedded default (local folder, untrained weights unless imported):
-# analyse a real video end to end and write the JSON result and galleries to ./dfd-out.
+# The main job on the embedded default (local Ray, SQLite, a local folder; untrained weights
+# unless imported): start the service, analyse a real video through it, keep serving the UI.
 DEMO_MEDIA ?= ../shared/data/videos/liveportrait_d0.mp4
 demo: install
-	$(VENV)/bin/dfd analyze $(DEMO_MEDIA) --out dfd-out
+	bash scripts/demo.sh $(DEMO_MEDIA)
 
 # Fast suite (everything not marked slow); starts the services the tests use.
 test: install
 	bash scripts/ensure-services.sh
+	bash scripts/ensure-browser.sh
 	$(PY) -m pytest
 
 # Everything, including the full-size ensemble.
 test-all: install
 	bash scripts/ensure-services.sh
+	bash scripts/ensure-browser.sh
 	$(PY) -m pytest -m 'slow or not slow'
 
 lint: install

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -37,25 +36,40 @@ def _summary(result: Result) -> Table:
 
 
 def analyze(
-    source: Annotated[str, typer.Argument(help="URL (http/https, share links, platforms) or local file.")],
+    source: Annotated[
+        str, typer.Argument(help="URL (http/https, share links, platforms) or local file.")
+    ],
     out: Annotated[Path, typer.Option(help="Folder for the galleries and the JSON result.")] = Path(
         "dfd-out"
     ),
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the JSON result here (default: OUT/<id>/result.json).")
+        Path | None,
+        typer.Option("--json", help="Write the JSON result here (default: OUT/<id>/result.json)."),
     ] = None,
     model_dir: Annotated[Path | None, typer.Option(help="Model directory.")] = None,
     backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    no_galleries: Annotated[bool, typer.Option("--no-galleries", help="Skip the pictures.")] = False,
+    no_galleries: Annotated[
+        bool, typer.Option("--no-galleries", help="Skip the pictures.")
+    ] = False,
     allow_private_addresses: Annotated[
         bool, typer.Option(help="Allow URLs on loopback/private networks (trusted use only).")
     ] = False,
-    proxy: Annotated[str | None, typer.Option(help="Download proxy, e.g. socks5h://127.0.0.1:9050.")] = None,
+    proxy: Annotated[
+        str | None, typer.Option(help="Download proxy, e.g. socks5h://127.0.0.1:9050.")
+    ] = None,
 ) -> None:
     """Analyse an image or a video: shots, faces, face tracks, scores, galleries."""
     run_analyze(
-        source, out, json_out, model_dir, backend, device, no_galleries, allow_private_addresses, proxy
+        source,
+        out,
+        json_out,
+        model_dir,
+        backend,
+        device,
+        no_galleries,
+        allow_private_addresses,
+        proxy,
     )
 
 
@@ -77,7 +91,9 @@ def run_analyze(
     from serve.storage import LocalStorage
 
     settings = AnalysisSettings(
-        inference=InferenceSettings(model_dir=model_dir, backend=backend, device=device),  # type: ignore[arg-type]
+        inference=InferenceSettings.model_validate(
+            {"model_dir": model_dir, "backend": backend, "device": device}
+        ),
         download=DownloadSettings(allow_private_addresses=allow_private_addresses, proxy=proxy),
         galleries=not no_galleries,
     )

@@ -11,6 +11,7 @@ import json
 import multiprocessing as mp
 import resource
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -76,9 +77,9 @@ def _run_isolated(target: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(cfg, queue))
     proc.start()
-    result = queue.get()
+    result: dict[str, Any] = queue.get()
     proc.join()
-    return result  # type: ignore[no-any-return]
+    return result
 
 
 @app.command()
@@ -121,3 +122,368 @@ def models(
     out_console.print(f"weights: {base['weights']}; members: {', '.join(base['members'])}")
     if json_out is not None:
         json_out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+DEFAULT_BENCH_VIDEOS = (
+    "deepfake/dfdc_lynaeydofd.mp4",
+    "deepfake/ffpp_c23_634_660.mp4",
+    "deepfake/ffpp_c23_519_515.mp4",
+    "videos/fr_short_hamilton_clip.mp4",
+    "deepfake/dfdc_yhffcuhhjy.mp4",
+)
+
+
+def _analyze_worker(cfg: dict[str, Any], queue: Any) -> None:
+    import torch
+
+    from pipeline.analyze import AnalysisSettings, load_analyzer
+    from pipeline.artefacts import MemorySink
+    from pipeline.faces import FaceSettings
+    from pipeline.models import InferenceSettings
+
+    if cfg["torch_threads"]:
+        torch.set_num_threads(cfg["torch_threads"])
+    t0 = time.perf_counter()
+    settings = AnalysisSettings(
+        inference=InferenceSettings(model_dir=cfg["model_dir"], backend=cfg["backend"]),
+        faces=FaceSettings(max_frames_per_shot=cfg["max_frames"]),
+        galleries=cfg["galleries"],
+    )
+    analyzer = load_analyzer(settings)
+    load_s = time.perf_counter() - t0
+    rss_loaded = _peak_rss_mb()
+    if cfg["warmup"]:
+        analyzer.analyze(cfg["warmup"], MemorySink())
+    rows = []
+    for video in cfg["videos"]:
+        t = time.perf_counter()
+        result = analyzer.analyze(video, MemorySink())
+        rows.append(
+            {
+                "video": Path(video).name,
+                "seconds": time.perf_counter() - t,
+                "duration_s": result.source.duration_s,
+                "frames_in_video": result.source.frame_count,
+                "frames_sampled": result.source.frames_sampled,
+                "shots": len(result.shots),
+                "faces": result.faces_total,
+                "timings": result.timings,
+            }
+        )
+    queue.put(
+        {"load_s": load_s, "rss_loaded_mb": rss_loaded, "peak_rss_mb": _peak_rss_mb(), "rows": rows}
+    )
+
+
+@app.command()
+@cli_errors
+def analyze(
+    videos: Annotated[list[Path] | None, typer.Argument(help="Videos (default: 5 from shared/data).")] = None,
+    data: Annotated[Path, typer.Option(help="The shared test media folder.")] = Path("../shared/data"),
+    model_dir: Annotated[Path | None, typer.Option(help="Model directory (default: the user's).")] = None,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    max_frames: Annotated[int, typer.Option(help="Sampled frames per shot (paper: 64).")] = 64,
+    galleries: Annotated[bool, typer.Option(help="Render the pictures too.")] = True,
+    growth: Annotated[str, typer.Option(help="Comma-separated minutes for the growth curve ('' to skip).")] = "",
+    growth_dir: Annotated[Path, typer.Option(help="Where synthetic videos are cached.")] = Path(
+        "/tmp/dfd-bench-videos"
+    ),
+    torch_threads: Annotated[int, typer.Option(help="torch.set_num_threads (0: default).")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+) -> None:
+    """Per-stage time, frames sampled versus frames in the video, peak RSS; growth over length.
+
+    Each configuration runs in its own process after a warm-up analysis, so model loading and
+    one-off costs are reported apart and peak RSS is that configuration's alone.
+    """
+    from evaluation.synthetic import concat_clips
+
+    chosen = [str(v) for v in videos] if videos else [str(data / v) for v in DEFAULT_BENCH_VIDEOS]
+    base = {
+        "model_dir": model_dir, "backend": backend, "max_frames": max_frames,
+        "galleries": galleries, "torch_threads": torch_threads,
+        "warmup": str(data / "faces" / "fr_obama_small.jpg"),
+    }
+    figures: dict[str, Any] = {"videos": _run_isolated(_analyze_worker, {**base, "videos": chosen})}
+    table = Table(title=f"dfd analyze per video (max {max_frames} frames per shot)")
+    cols = ("video", "s", "s/video-s", "frames sampled/total", "shots", "faces", "where the time goes")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("video", "where the time goes") else "right")
+    for row in figures["videos"]["rows"]:
+        stages = sorted(row["timings"].items(), key=lambda kv: -kv[1])[:3]
+        table.add_row(
+            row["video"], f"{row['seconds']:.1f}",
+            f"{row['seconds'] / (row['duration_s'] or 1):.2f}",
+            f"{row['frames_sampled']}/{row['frames_in_video']}", str(row["shots"]), str(row["faces"]),
+            ", ".join(f"{k} {v:.1f}s" for k, v in stages),
+        )
+    out_console.print(table)
+    v = figures["videos"]
+    total_s = sum(r["seconds"] for r in v["rows"])
+    total_video = sum(r["duration_s"] or 0 for r in v["rows"])
+    out_console.print(
+        f"total {total_s:.1f} s for {total_video:.1f} s of video "
+        f"({total_s / max(total_video, 1e-9):.2f} s per video-second); model load {v['load_s']:.1f} s; "
+        f"RSS after load {v['rss_loaded_mb']:.0f} MB, peak {v['peak_rss_mb']:.0f} MB"
+    )
+    if growth:
+        sources = [data / p for p in DEFAULT_BENCH_VIDEOS] + [data / "videos" / "liveportrait_d12.mp4"]
+        curve = []
+        for minutes in (float(m) for m in growth.split(",")):
+            path = growth_dir / f"synthetic_{minutes:g}min_720p.mp4"
+            if not path.exists():
+                out_console.print(f"writing {path} ...")
+                concat_clips(sources, path, minutes * 60)
+            r = _run_isolated(_analyze_worker, {**base, "videos": [str(path)]})
+            curve.append({"minutes": minutes, **r})
+        figures["growth"] = curve
+        g = Table(title="growth with video length (synthetic 720p, concatenated real clips)")
+        for col in ("minutes", "s", "shots", "frames sampled", "peak RSS MB", "RSS vs first"):
+            g.add_column(col, justify="right")
+        first = curve[0]["peak_rss_mb"]
+        for c in curve:
+            row = c["rows"][0]
+            g.add_row(
+                f"{c['minutes']:g}", f"{row['seconds']:.1f}", str(row["shots"]),
+                str(row["frames_sampled"]), f"{c['peak_rss_mb']:.0f}", f"{c['peak_rss_mb'] / first:.2f}",
+            )
+        out_console.print(g)
+    if json_out is not None:
+        json_out.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# dfd bench serve
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _serve_round(
+    base: str, image: bytes, name: str, concurrency: int, jobs: int, poll_s: float
+) -> dict[str, Any]:
+    """``jobs`` forced image jobs from ``concurrency`` clients: throughput and latency.
+
+    Latency is the job's own ``created_at -> updated_at`` when done (server clock, so the
+    clients' polling interval does not blur it); throughput is jobs over client wall time.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    def one(_: int) -> tuple[float, float, str]:
+        with httpx.Client(base_url=base, timeout=600) as http:
+            t0 = time.perf_counter()
+            r = http.post(
+                "/v1/jobs", params={"force": "true"}, files={"file": (name, image, "image/jpeg")}
+            )
+            if r.status_code != 202:
+                return float("nan"), time.perf_counter() - t0, f"http {r.status_code}"
+            job_id = r.json()["id"]
+            while True:
+                job = http.get(f"/v1/jobs/{job_id}").json()
+                if job["status"] in ("done", "failed", "cancelled"):
+                    created = datetime.fromisoformat(job["created_at"])
+                    updated = datetime.fromisoformat(job["updated_at"])
+                    server_s = (updated - created).total_seconds()
+                    return server_s, time.perf_counter() - t0, job["status"]
+                time.sleep(poll_s)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        outcomes = list(pool.map(one, range(jobs)))
+    wall = time.perf_counter() - t0
+    done = [o for o in outcomes if o[2] == "done"]
+    latencies = [o[0] for o in done]
+    return {
+        "concurrency": concurrency,
+        "jobs": jobs,
+        "done": len(done),
+        "jobs_per_s": len(done) / wall,
+        "p50_s": _percentile(latencies, 50),
+        "p99_s": _percentile(latencies, 99),
+        "client_p50_s": _percentile([o[1] for o in done], 50),
+    }
+
+
+def _overload_round(
+    base: str, image: bytes, name: str, requests: int, concurrency: int
+) -> dict[str, Any]:
+    """Fire ``requests`` submissions at once: how fast does the service say no?"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    def one(_: int) -> tuple[int, float]:
+        with httpx.Client(base_url=base, timeout=120) as http:
+            t0 = time.perf_counter()
+            r = http.post(
+                "/v1/jobs", params={"force": "true"}, files={"file": (name, image, "image/jpeg")}
+            )
+            return r.status_code, time.perf_counter() - t0
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        answers = list(pool.map(one, range(requests)))
+    by_status: dict[str, list[float]] = {}
+    for status, seconds in answers:
+        by_status.setdefault(str(status), []).append(seconds)
+    return {
+        str(status): {
+            "count": len(times),
+            "p50_s": _percentile(times, 50),
+            "p99_s": _percentile(times, 99),
+            "max_s": max(times),
+        }
+        for status, times in sorted(by_status.items())
+    }
+
+
+@app.command()
+@cli_errors
+def serve(
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model directory (default: the user's).")
+    ] = None,
+    image: Annotated[
+        Path | None, typer.Option(help="Image to submit (default: a face photo of ../shared/data).")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    concurrency: Annotated[str, typer.Option(help="Comma-separated client counts.")] = "1,8,32",
+    jobs_per_client: Annotated[int, typer.Option(help="Jobs per client at each concurrency.")] = 2,
+    min_jobs: Annotated[int, typer.Option(help="At least this many jobs per round.")] = 12,
+    runner_concurrency: Annotated[int, typer.Option(help="Jobs the runner analyses at once.")] = 4,
+    overload_requests: Annotated[
+        int, typer.Option(help="Submissions fired in the overload round.")
+    ] = 200,
+    in_process_runs: Annotated[int, typer.Option(help="Timed in-process analyses.")] = 10,
+    torch_threads: Annotated[
+        int, typer.Option(help="torch threads of the in-process analyzer (replicas get 1).")
+    ] = 1,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures as JSON.")
+    ] = None,
+) -> None:
+    """Image jobs through the service (local Ray + Serve, real HTTP on loopback): jobs/s and
+    p50/p99 latency at each concurrency, with and without ``@serve.batch``; the same image
+    through ``dfd analyze``'s in-process analyzer; and how fast the service refuses work
+    beyond its capacity (429/503)."""
+    import socket
+    import tempfile
+
+    from ray import serve as ray_serve
+
+    from dfd.serve_cmd import start_service, stop_service
+    from pipeline.analyze import AnalysisSettings, load_analyzer
+    from pipeline.artefacts import MemorySink
+    from pipeline.models import InferenceSettings
+    from serve.app import APP_NAME, build_app
+    from serve.config import AuthSettings, DeploymentsConfig, JobSettings, ServiceConfig
+
+    if image is None:
+        shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+        image = shared / "faces" / "fr_two_people.jpg"
+    data = image.read_bytes()
+    levels = [int(c) for c in concurrency.split(",")]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    analysis = AnalysisSettings(
+        inference=InferenceSettings(model_dir=model_dir, backend=backend),  # type: ignore[arg-type]
+        shot_workers=4,
+    )
+    base_deployments = DeploymentsConfig()
+    small = {"num_cpus": 0.25}
+    deployments = base_deployments.model_copy(
+        update={
+            name: getattr(base_deployments, name).model_copy(update=small)
+            for name in ("runner", "detector", "embedder", "features", "members")
+        }
+    )
+
+    def config(batching: bool, *, max_queued: int = 10_000, rate: int = 1_000_000) -> ServiceConfig:
+        models = {
+            name: getattr(deployments, name).model_copy(
+                update={
+                    "batch": getattr(deployments, name).batch.model_copy(
+                        update={"enabled": batching}
+                    )
+                }
+            )
+            for name in ("detector", "embedder", "features", "members")
+        }
+        return ServiceConfig(
+            home=Path(tempfile.gettempdir()) / "dfd-bench-serve",
+            auth=AuthSettings(anonymous_rate_per_min=rate),
+            jobs=JobSettings(concurrency=runner_concurrency, max_queued_jobs=max_queued),
+            analysis=analysis,
+            deployments=deployments.model_copy(update=models),
+        ).resolved()
+
+    figures: dict[str, Any] = {"image": str(image), "rounds": []}
+    # In-process first, before Ray starts. One torch thread by default, as Ray gives each
+    # fractional-CPU replica (OMP_NUM_THREADS=1); measured here: 2 threads on a busy 2-core
+    # machine ran 20x slower than 1 (spinning intra-op threads).
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    analyzer = load_analyzer(analysis.model_copy(update={"shot_workers": 1}))
+    analyzer.analyze_file(image, MemorySink())
+    t = time.perf_counter()
+    for _ in range(in_process_runs):
+        analyzer.analyze_file(image, MemorySink())
+    figures["in_process_s"] = (time.perf_counter() - t) / in_process_runs
+    del analyzer
+    t0 = time.perf_counter()
+    url = start_service(config(True), "127.0.0.1", port)
+    figures["startup_s"] = time.perf_counter() - t0
+    try:
+        for batching in (True, False):
+            if not batching:  # only user_config changes: replicas are reconfigured in place
+                ray_serve.run(build_app(config(False)), name=APP_NAME, route_prefix="/")
+            _serve_round(url, data, image.name, 1, 2, 0.05)  # warm-up
+            for c in levels:
+                jobs = max(min_jobs, c * jobs_per_client)
+                row = _serve_round(url, data, image.name, c, jobs, 0.1)
+                row["batching"] = batching
+                figures["rounds"].append(row)
+                out_console.print(row)
+        ray_serve.run(
+            build_app(config(True, max_queued=8, rate=60)), name=APP_NAME, route_prefix="/"
+        )
+        figures["overload"] = _overload_round(url, data, image.name, overload_requests, 64)
+    finally:
+        stop_service()
+
+    table = Table(title=f"image jobs through the service ({image.name})")
+    for col in ("@serve.batch", "clients", "jobs", "jobs/s", "p50 s", "p99 s", "p50 / in-process"):
+        table.add_column(col, justify="right")
+    for r in figures["rounds"]:
+        table.add_row(
+            "on" if r["batching"] else "off",
+            str(r["concurrency"]),
+            f"{r['done']}/{r['jobs']}",
+            f"{r['jobs_per_s']:.2f}",
+            f"{r['p50_s']:.3f}",
+            f"{r['p99_s']:.3f}",
+            f"{r['p50_s'] / figures['in_process_s']:.2f}",
+        )
+    out_console.print(table)
+    out_console.print(
+        f"in-process Analyzer ({torch_threads} torch thread(s)): "
+        f"{figures['in_process_s']:.3f} s per image"
+    )
+    out_console.print(f"service start-up: {figures['startup_s']:.1f} s")
+    over = Table(
+        title=f"beyond capacity: {overload_requests} submissions from 64 clients "
+        "(queue of 8 jobs, 60 requests/min per client address)"
+    )
+    for col in ("HTTP status", "answers", "p50 s", "p99 s", "max s"):
+        over.add_column(col, justify="right")
+    for status, r in figures["overload"].items():
+        over.add_row(
+            status, str(r["count"]), f"{r['p50_s']:.3f}", f"{r['p99_s']:.3f}", f"{r['max_s']:.3f}"
+        )
+    out_console.print(over)
+    if json_out is not None:
+        json_out.write_text(json.dumps(figures, indent=2) + "\n")

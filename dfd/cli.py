@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dfd import analyze_cmd, bench, models_cmd
+from dfd import analyze_cmd, bench, models_cmd, serve_cmd
 from dfd.common import cli_errors, err_console, out_console, setup_logging
 from dfd.version import __version__
 
@@ -21,6 +21,9 @@ app = typer.Typer(
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(bench.app, name="bench")
 app.command("analyze")(analyze_cmd.analyze)
+app.add_typer(serve_cmd.keys_app, name="keys")
+app.command("serve")(serve_cmd.serve_command)
+app.command("submit")(serve_cmd.submit_command)
 
 
 def _version(value: bool) -> None:
@@ -52,7 +55,7 @@ def score_faces(
     from pipeline.models import Ensemble, InferenceSettings
 
     crops = [load_image(p) for p in images]
-    settings = InferenceSettings(model_dir=model_dir, backend=backend)  # type: ignore[arg-type]
+    settings = InferenceSettings.model_validate({"model_dir": model_dir, "backend": backend})
     ensemble = Ensemble.load(settings)
     pred = ensemble.predict(crops)
     for w in ensemble.warnings():
@@ -66,9 +69,11 @@ def score_faces(
     table.add_column("ensemble", justify="right")
     for name in pred.member_names:
         table.add_column(name, justify="right")
-    for i, r in enumerate(rows):
+    for i, path in enumerate(images):
         table.add_row(
-            r["image"], f"{r['probability']:.3f}", *(f"{v:.3f}" for v in pred.member_probabilities[i])
+            str(path),
+            f"{pred.probability[i]:.3f}",
+            *(f"{v:.3f}" for v in pred.member_probabilities[i]),
         )
     out_console.print(table)
     if json_out is not None:

@@ -26,7 +26,9 @@ def cli_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except DfdError as exc:
-            err_console.print(f"dfd: {exc.title.lower()}: {exc.detail}", markup=False, highlight=False)
+            err_console.print(
+                f"dfd: {exc.title.lower()}: {exc.detail}", markup=False, highlight=False
+            )
             sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]

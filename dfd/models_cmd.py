@@ -17,11 +17,15 @@ from pipeline.models.manifest import ModelDirectory, resolve_model_dir
 from pipeline.models.networks import build_network, calibrate_untrained
 from pipeline.models.preprocess import normalise
 
-app = typer.Typer(help="Manage the model directory (manifest and checkpoints).", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage the model directory (manifest and checkpoints).", no_args_is_help=True
+)
 
 ModelDirOpt = Annotated[
     Path | None,
-    typer.Option("--model-dir", help="Model directory (default: $DFD_MODEL_DIR or $DFD_HOME/models)."),
+    typer.Option(
+        "--model-dir", help="Model directory (default: $DFD_MODEL_DIR or $DFD_HOME/models)."
+    ),
 ]
 
 
@@ -60,8 +64,13 @@ def list_(
         table.add_column(col)
     for m in members:
         table.add_row(
-            str(m["name"]), str(m["architecture"]), str(m["backbone"]), str(m["input_size"]),
-            str(m["weights"]), str(m["version"]), str(m["trained_on"]),
+            str(m["name"]),
+            str(m["architecture"]),
+            str(m["backbone"]),
+            str(m["input_size"]),
+            str(m["weights"]),
+            str(m["version"]),
+            str(m["trained_on"]),
         )
     out_console.print(table)
 
@@ -138,7 +147,9 @@ def export(
             # Face-like smooth images, normalised as the member expects (white noise is far out
             # of distribution and amplifies float32 rounding in any runtime).
             size = (spec.input_size, spec.input_size)
-            smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 6, 6), size=size, mode="bilinear")
+            smooth = torch.nn.functional.interpolate(
+                torch.rand(4, 3, 6, 6), size=size, mode="bilinear"
+            )
             x = normalise(smooth, spec.mean, spec.std)
             with torch.inference_mode():
                 ref = net(x).numpy()

@@ -1,6 +1,7 @@
 """One analysis, in-process: source -> download -> shots -> faces -> tracks -> scores -> Result.
 
-Paper section 3.1 end to end. The models are reached through :class:`~pipeline.stages.PipelineModels`
+Paper section 3.1 end to end. The models are reached through
+:class:`~pipeline.stages.PipelineModels`
 so that the CLI (local models) and the Serve application (deployment handles) share this code.
 
 Memory stays bounded by design: the video is decoded twice, lazily (once at 1 fps for shot
@@ -587,4 +588,3 @@ def load_analyzer(settings: AnalysisSettings | None = None) -> Analyzer:
         settings.inference, settings.faces, settings.segmentation, settings.embedder_weights
     )
     return Analyzer(models, settings)
-

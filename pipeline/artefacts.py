@@ -21,5 +21,7 @@ class MemorySink:
     def __init__(self) -> None:
         self.items: dict[str, tuple[bytes, str]] = {}
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
         self.items[key] = (data, content_type)

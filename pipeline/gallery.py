@@ -9,6 +9,7 @@ distinguishable under the common colour-vision deficiencies (and in greyscale, b
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ JPEG_QUALITY = 88
 def score_colour(score: float) -> tuple[int, int, int]:
     """RGB for a probability in [0, 1] (clamped)."""
     s = min(max(float(score), 0.0), 1.0)
-    for (s0, c0), (s1, c1) in zip(_STOPS, _STOPS[1:], strict=False):
+    for (s0, c0), (s1, c1) in itertools.pairwise(_STOPS):
         if s <= s1:
             t = (s - s0) / (s1 - s0)
             return tuple(round(a + (b - a) * t) for a, b in zip(c0, c1, strict=True))  # type: ignore[return-value]
@@ -43,7 +44,7 @@ def encode_jpeg(image: Image.Image | np.ndarray) -> bytes:
 
 
 def thumbnail(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    """Downscale ``(H, W, 3)`` uint8 so its longer side is at most ``max_side``; returns the scale."""
+    """Downscale ``(H, W, 3)`` uint8 to a longer side of at most ``max_side``; returns the scale."""
     h, w = frame.shape[:2]
     scale = min(1.0, max_side / max(h, w))
     if scale >= 1.0:
@@ -99,7 +100,9 @@ def legend(width: int, height: int = 28) -> Image.Image:
     tw = draw.textlength(label, font=font)
     draw.text((width - margin - tw, bar_h + 3), label, fill=(0, 0, 0), font=font)
     mid = "0.5"
-    draw.text((width / 2 - draw.textlength(mid, font=font) / 2, bar_h + 3), mid, fill=(0, 0, 0), font=font)
+    draw.text(
+        (width / 2 - draw.textlength(mid, font=font) / 2, bar_h + 3), mid, fill=(0, 0, 0), font=font
+    )
     return img
 
 
@@ -126,7 +129,7 @@ def grid(tiles: Sequence[Image.Image], tile_w: int, tile_h: int, with_legend: bo
 
 
 def shot_gallery(frames: Sequence[tuple[np.ndarray, Sequence[BoxedFace], float]]) -> bytes:
-    """JPEG collage of a shot's keyframes: ``(thumbnail, faces in full-frame pixels, scale)`` each."""
+    """JPEG collage of a shot's keyframes, each ``(thumbnail, faces in frame pixels, scale)``."""
     tiles = [draw_faces(img, faces, scale) for img, faces, scale in frames]
     if not tiles:
         raise ValueError("a gallery needs at least one frame")

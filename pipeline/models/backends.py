@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipeline.models.spec import MemberSpec
 from pipeline.models.settings import Precision
+from pipeline.models.spec import MemberSpec
 
 ONNX_OPSET = 17
 

@@ -17,7 +17,7 @@ from pipeline.models.spec import DetrHeadSpec
 
 
 class PositionEmbeddingSine(nn.Module):
-    """Fixed 2-D sine/cosine positions (DETR ``PositionEmbeddingSine``, normalised). No parameters."""
+    """Fixed 2D sine/cosine positions (DETR's ``PositionEmbeddingSine``); no parameters."""
 
     def __init__(self, d_model: int, temperature: float = 10000.0) -> None:
         super().__init__()
@@ -34,11 +34,17 @@ class PositionEmbeddingSine(nn.Module):
         y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
         x_embed = x_embed / (x_embed[:, :, -1:] + eps) * scale
         dim_t = torch.arange(self.num_pos_feats, device=feat.device, dtype=torch.float32)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
+        dim_t = self.temperature ** (
+            2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats
+        )
         pos_x = x_embed[:, :, :, None] / dim_t
         pos_y = y_embed[:, :, :, None] / dim_t
-        pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
+        pos_x = torch.stack(
+            (pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4
+        ).flatten(3)
+        pos_y = torch.stack(
+            (pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4
+        ).flatten(3)
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(feat.dtype)
 
 

@@ -56,7 +56,12 @@ class Member:
     """One detector: a network plus the runner that executes it, and its provenance."""
 
     def __init__(
-        self, spec: MemberSpec, net: nn.Module, runner: Runner, weights: WeightsStatus, sha256: str | None
+        self,
+        spec: MemberSpec,
+        net: nn.Module,
+        runner: Runner,
+        weights: WeightsStatus,
+        sha256: str | None,
     ) -> None:
         self.spec = spec
         self.net = net
@@ -72,7 +77,9 @@ class Member:
         )
 
     @classmethod
-    def load(cls, spec: MemberSpec, directory: ModelDirectory, settings: InferenceSettings) -> Member:
+    def load(
+        cls, spec: MemberSpec, directory: ModelDirectory, settings: InferenceSettings
+    ) -> Member:
         """Build the network, load its checkpoint (strict, sha256-checked) and pick a runner.
 
         Without a checkpoint the member is randomly initialised (deterministically, see
@@ -113,10 +120,12 @@ class Member:
         return self.spec.name
 
     def logits(self, x: Tensor) -> np.ndarray:
-        """``x``: ``(N, 3, S, S)`` float in [0, 1] at this member's input size -> ``(N,)`` logits."""
+        """``x``: ``(N, 3, S, S)`` float in [0, 1] at the member's input size -> ``(N,)`` logits."""
         return self.runner(normalise(x, self.spec.mean, self.spec.std))
 
-    def predict(self, crops: Sequence[np.ndarray], device: torch.device | None = None) -> np.ndarray:
+    def predict(
+        self, crops: Sequence[np.ndarray], device: torch.device | None = None
+    ) -> np.ndarray:
         """Face crops ``(H, W, 3)`` uint8 RGB -> ``(N,)`` float64 probabilities in (0, 1)."""
         if not crops:
             return np.zeros(0, dtype=np.float64)
@@ -126,20 +135,25 @@ class Member:
 
 @dataclass(frozen=True)
 class EnsemblePrediction:
-    """``probability`` ``(N,)`` in (0, 1): mean of ``member_probabilities`` ``(N, M)`` over members."""
+    """``probability`` ``(N,)`` in (0, 1): the mean of ``member_probabilities`` ``(N, M)``."""
 
     probability: np.ndarray
     member_probabilities: np.ndarray
     member_names: tuple[str, ...]
 
     def member_dict(self, i: int) -> dict[str, float]:
-        return {n: float(p) for n, p in zip(self.member_names, self.member_probabilities[i], strict=True)}
+        return {
+            n: float(p)
+            for n, p in zip(self.member_names, self.member_probabilities[i], strict=True)
+        }
 
 
 class Ensemble:
     """Members whose sigmoid probabilities are averaged (paper 3.1)."""
 
-    def __init__(self, members: Sequence[Member], settings: InferenceSettings | None = None) -> None:
+    def __init__(
+        self, members: Sequence[Member], settings: InferenceSettings | None = None
+    ) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = list(members)
@@ -178,7 +192,7 @@ class Ensemble:
         ]
 
     def predict(self, crops: Sequence[np.ndarray]) -> EnsemblePrediction:
-        """Face crops ``(H, W, 3)`` uint8 RGB, any size -> per-face ensemble and member probabilities.
+        """Face crops ``(H, W, 3)`` uint8 RGB, any size -> ensemble and member probabilities.
 
         Crops are processed in chunks of ``settings.batch_size``; members sharing input size and
         normalisation share one resized batch.
@@ -199,7 +213,9 @@ class Ensemble:
 
     def torch_module(self, input_size: int | None = None) -> EnsembleModule:
         """A differentiable ``nn.Module`` of the whole ensemble (for ART and training)."""
-        return EnsembleModule([m.net for m in self.members], [m.spec for m in self.members], input_size)
+        return EnsembleModule(
+            [m.net for m in self.members], [m.spec for m in self.members], input_size
+        )
 
 
 class EnsembleModule(nn.Module):
@@ -224,7 +240,10 @@ class EnsembleModule(nn.Module):
             xi = x
             if xi.shape[-1] != spec.input_size or xi.shape[-2] != spec.input_size:
                 xi = nn.functional.interpolate(
-                    xi, size=(spec.input_size, spec.input_size), mode="bilinear", align_corners=False
+                    xi,
+                    size=(spec.input_size, spec.input_size),
+                    mode="bilinear",
+                    align_corners=False,
                 )
             outs.append(net(normalise(xi, spec.mean, spec.std)))
         return torch.stack(outs, dim=1)

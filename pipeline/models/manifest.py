@@ -2,7 +2,7 @@
 
 Layout::
 
-    <model dir>/manifest.json        {"format_version": 1, "ensemble_version": ..., "members": [...]}
+    <model dir>/manifest.json        {"format_version": 1, "members": [...], ...}
     <model dir>/<member checkpoint>  .pt or .safetensors, named by the member's ``checkpoint``
     <model dir>/.cache/              exported ONNX files, keyed by weights; safe to delete
 
@@ -49,7 +49,9 @@ class Manifest(BaseModel):
         for spec in self.members:
             if spec.name == name:
                 return spec
-        raise ConfigError(f"no member named {name!r}; the manifest has {[m.name for m in self.members]}")
+        raise ConfigError(
+            f"no member named {name!r}; the manifest has {[m.name for m in self.members]}"
+        )
 
 
 def dfd_home() -> Path:
@@ -90,7 +92,9 @@ class ModelDirectory:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"invalid manifest {self.manifest_path}: {where}: {first['msg']}") from exc
+            raise ConfigError(
+                f"invalid manifest {self.manifest_path}: {where}: {first['msg']}"
+            ) from exc
 
     def save(self, manifest: Manifest) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -101,12 +105,16 @@ class ModelDirectory:
     def checkpoint_path(self, spec: MemberSpec) -> Path | None:
         return None if spec.checkpoint is None else self.root / spec.checkpoint
 
-    def init(self, preset: Preset = "paper", input_size: int | None = None, force: bool = False) -> Manifest:
+    def init(
+        self, preset: Preset = "paper", input_size: int | None = None, force: bool = False
+    ) -> Manifest:
         """Write a manifest for ``preset`` with no checkpoints (members start untrained)."""
         if self.exists() and not force:
             raise ConfigError(f"{self.manifest_path} already exists; pass force to overwrite it")
         members = (
-            paper_members(input_size or 300) if preset == "paper" else tiny_members(input_size or 64)
+            paper_members(input_size or 300)
+            if preset == "paper"
+            else tiny_members(input_size or 64)
         )
         manifest = Manifest(members=members)
         self.save(manifest)
@@ -115,7 +123,7 @@ class ModelDirectory:
     def import_checkpoint(
         self, name: str, source: Path, *, version: str, trained_on: str, licence: str | None = None
     ) -> MemberSpec:
-        """Copy a trained checkpoint into the directory and record it (with its sha256) in the manifest.
+        """Copy a trained checkpoint in and record it, with its sha256, in the manifest.
 
         The file is loaded into the member's network first, so a checkpoint that does not fit is
         refused before the manifest changes.

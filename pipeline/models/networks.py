@@ -40,7 +40,7 @@ class DetrClassifier(nn.Module):
         self.backbone = timm.create_model(
             spec.backbone, pretrained=False, features_only=True, out_indices=spec.head.stages
         )
-        channels = self.backbone.feature_info.channels()
+        channels: list[int] = self.backbone.feature_info.channels()  # type: ignore[union-attr,operator]
         self.heads = nn.ModuleList(DetrHead(c, spec.head) for c in channels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -71,7 +71,9 @@ def build_network(spec: MemberSpec) -> nn.Module:
     return net.eval()
 
 
-def calibrate_untrained(net: nn.Module, spec: MemberSpec, batches: int = 4, batch_size: int = 8) -> nn.Module:
+def calibrate_untrained(
+    net: nn.Module, spec: MemberSpec, batches: int = 4, batch_size: int = 8
+) -> nn.Module:
     """Set batch-norm statistics of an *untrained* network from smooth synthetic images.
 
     With timm's initial running statistics (mean 0, variance 1) deep untrained backbones blow up

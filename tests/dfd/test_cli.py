@@ -42,7 +42,7 @@ def test_models_init_and_list_json(tmp_path: Path) -> None:
     assert init.returncode == 0, init.stderr
     listed = dfd("models", "list", "--json", "--model-dir", str(target), home=tmp_path)
     payload = json.loads(listed.stdout)
-    assert [m["name"] for m in payload["members"]][0] == "m1_effb4"
+    assert payload["members"][0]["name"] == "m1_effb4"
     assert len(payload["members"]) == 5
     assert {m["weights"] for m in payload["members"]} == {"random-init"}
     assert all(m["input_size"] == 64 for m in payload["members"])
@@ -78,7 +78,9 @@ def test_models_verify_names_a_corrupt_file(tmp_path: Path) -> None:
 
 def test_models_export_checks_against_eager(model_dir: ModelDirectory, tmp_path: Path) -> None:
     out = tmp_path / "onnx"
-    run = dfd("models", "export", "--model-dir", str(model_dir.root), "--out", str(out), home=tmp_path)
+    run = dfd(
+        "models", "export", "--model-dir", str(model_dir.root), "--out", str(out), home=tmp_path
+    )
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in out.glob("*.onnx")) == sorted(
         f"{m.name}.onnx" for m in model_dir.load().members
@@ -93,8 +95,15 @@ def test_score_faces(model_dir: ModelDirectory, shared_data: Path, tmp_path: Pat
     ]
     out = tmp_path / "scores.json"
     run = dfd(
-        "score-faces", *map(str, crops), "--model-dir", str(model_dir.root),
-        "--backend", "torch", "--json", str(out), home=tmp_path,
+        "score-faces",
+        *map(str, crops),
+        "--model-dir",
+        str(model_dir.root),
+        "--backend",
+        "torch",
+        "--json",
+        str(out),
+        home=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     payload = json.loads(out.read_text())
@@ -110,8 +119,15 @@ def test_analyze_image_writes_result_and_pictures(
 ) -> None:
     out = tmp_path / "out"
     run = dfd(
-        "analyze", str(shared_data / "faces" / "fr_two_people.jpg"), "--out", str(out),
-        "--model-dir", str(model_dir.root), "--backend", "torch", home=tmp_path,
+        "analyze",
+        str(shared_data / "faces" / "fr_two_people.jpg"),
+        "--out",
+        str(out),
+        "--model-dir",
+        str(model_dir.root),
+        "--backend",
+        "torch",
+        home=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     (folder,) = [p for p in out.iterdir() if not p.name.startswith(".")]
@@ -127,7 +143,7 @@ def test_analyze_image_writes_result_and_pictures(
     ("make", "code", "message"),
     [
         (lambda d: d / "missing.mp4", 2, "does not exist"),
-        (lambda d: (d / "empty.mp4").write_bytes(b"") and None or d / "empty.mp4", 2, "empty"),
+        (lambda d: ((d / "empty.mp4").write_bytes(b"") and None) or d / "empty.mp4", 2, "empty"),
         (lambda d: "http://127.0.0.1:9/video.mp4", 3, "not allowed"),
         (lambda d: "ftp://example.org/video.mp4", 2, "http"),
     ],
@@ -138,8 +154,15 @@ def test_analyze_errors_are_one_line_with_exit_codes(
 ) -> None:
     source = make(tmp_path)  # type: ignore[operator]
     run = dfd(
-        "analyze", str(source), "--out", str(tmp_path / "o"),
-        "--model-dir", str(model_dir.root), "--backend", "torch", home=tmp_path,
+        "analyze",
+        str(source),
+        "--out",
+        str(tmp_path / "o"),
+        "--model-dir",
+        str(model_dir.root),
+        "--backend",
+        "torch",
+        home=tmp_path,
     )
     assert run.returncode == code, run.stderr
     lines = [line for line in run.stderr.splitlines() if line.startswith("dfd:")]

@@ -36,7 +36,9 @@ def spread_head(net: nn.Module, seed: int) -> nn.Module:
     net.eval()
     with torch.no_grad():
         for name, module in net.named_modules():
-            if isinstance(module, nn.Linear) and (name.endswith("classifier") or "class_embed" in name):
+            if isinstance(module, nn.Linear) and (
+                name.endswith("classifier") or "class_embed" in name
+            ):
                 std = 0.5 / module.in_features**0.5
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std)
                 module.bias.zero_()
@@ -48,7 +50,9 @@ def trained_checkpoint(spec: MemberSpec, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def make_model_dir(root: Path, *, input_size: int = 64, with_weights: bool = True) -> ModelDirectory:
+def make_model_dir(
+    root: Path, *, input_size: int = 64, with_weights: bool = True
+) -> ModelDirectory:
     """A tiny five-member model directory; with weights, each member gets a test-made checkpoint."""
     directory = ModelDirectory(root)
     manifest = directory.init("tiny", input_size)

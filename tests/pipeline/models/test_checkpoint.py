@@ -66,7 +66,7 @@ def test_manifest_sha_is_checked_when_the_ensemble_loads(tmp_path: Path) -> None
     path = directory.checkpoint_path(spec)
     assert path is not None
     write_state_dict(build_network(spec), path)  # replaced behind the manifest's back
-    with pytest.raises(CheckpointError, match="m1_effb4.pt has sha256"):
+    with pytest.raises(CheckpointError, match=r"m1_effb4\.pt has sha256"):
         Ensemble.load(InferenceSettings(model_dir=directory.root, backend="torch", device="cpu"))
 
 
@@ -76,14 +76,16 @@ def test_missing_checkpoint_file_named_in_manifest_is_an_error(tmp_path: Path) -
     path = directory.checkpoint_path(spec)
     assert path is not None
     path.unlink()
-    with pytest.raises(CheckpointError, match="m4_effb4_detr_multiscale.pt does not exist"):
+    with pytest.raises(CheckpointError, match=r"m4_effb4_detr_multiscale\.pt does not exist"):
         Ensemble.load(InferenceSettings(model_dir=directory.root, backend="torch", device="cpu"))
 
 
 def test_untrained_members_run_but_say_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     directory = ModelDirectory(tmp_path / "models")
     directory.init("tiny")
-    ensemble = Ensemble.load(InferenceSettings(model_dir=directory.root, backend="torch", device="cpu"))
+    ensemble = Ensemble.load(
+        InferenceSettings(model_dir=directory.root, backend="torch", device="cpu")
+    )
     assert {info.weights for info in ensemble.infos} == {"random-init"}
     assert "RANDOM weights" in caplog.text
     assert ensemble.warnings() and "untrained" in ensemble.warnings()[0]

@@ -32,9 +32,15 @@ def faces(n: int, seed: int = 0) -> list[np.ndarray]:
         h, w = rng.integers(24, 140, size=2)
         # Smooth random images, closer to faces than white noise.
         small = rng.integers(0, 256, size=(4, 4, 3)).astype(np.float32)
-        img = torch.nn.functional.interpolate(
-            torch.from_numpy(small).permute(2, 0, 1)[None], size=(int(h), int(w)), mode="bilinear"
-        )[0].permute(1, 2, 0).numpy()
+        img = (
+            torch.nn.functional.interpolate(
+                torch.from_numpy(small).permute(2, 0, 1)[None],
+                size=(int(h), int(w)),
+                mode="bilinear",
+            )[0]
+            .permute(1, 2, 0)
+            .numpy()
+        )
         out.append(np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8))
     return out
 
@@ -52,7 +58,9 @@ def test_ensemble_probability_is_the_mean_of_members(torch_ensemble: Ensemble) -
     assert pred.member_probabilities.shape == (5, 5)
     np.testing.assert_allclose(pred.probability, pred.member_probabilities.mean(axis=1))
     for j, member in enumerate(torch_ensemble.members):
-        np.testing.assert_allclose(member.predict(crops), pred.member_probabilities[:, j], atol=1e-6)
+        np.testing.assert_allclose(
+            member.predict(crops), pred.member_probabilities[:, j], atol=1e-6
+        )
     assert ((pred.probability > 0) & (pred.probability < 1)).all()
 
 
@@ -94,7 +102,9 @@ def test_onnx_backend_equals_eager(torch_ensemble: Ensemble, onnx_ensemble: Ense
     np.testing.assert_allclose(a.probability, b.probability, atol=PROB_ATOL)
 
 
-def test_onnx_export_is_cached_by_weights(model_dir: ModelDirectory, onnx_ensemble: Ensemble) -> None:
+def test_onnx_export_is_cached_by_weights(
+    model_dir: ModelDirectory, onnx_ensemble: Ensemble
+) -> None:
     files = sorted(model_dir.cache_dir.glob("*.onnx"))
     assert len(files) == 5
     again = Ensemble.load(InferenceSettings(model_dir=model_dir.root, backend="onnx", device="cpu"))
@@ -107,7 +117,7 @@ def test_preprocessing_comes_from_the_spec(torch_ensemble: Ensemble) -> None:
     member = torch_ensemble.members[0]
     unit = crops_to_unit_batch([crop], member.spec.input_size, torch.device("cpu"))
     assert unit.shape == (1, 3, member.spec.input_size, member.spec.input_size)
-    assert 0.0 <= float(unit.min()) and float(unit.max()) <= 1.0
+    assert float(unit.min()) >= 0.0 and float(unit.max()) <= 1.0
     mean = torch.tensor(member.spec.mean).view(1, 3, 1, 1)
     std = torch.tensor(member.spec.std).view(1, 3, 1, 1)
     with torch.inference_mode():

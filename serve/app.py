@@ -1,0 +1,108 @@
+"""The typed application builder: ``build_app(ServiceConfig) -> Application``.
+
+``serve deploy serve/config.yaml`` and ``serve run serve.app:build_app`` call it with the YAML's
+``args``, validated as a :class:`~serve.config.ServiceConfig` (Serve does that because the
+parameter is annotated with the model; this module therefore must not use postponed
+annotations). ``dfd serve`` and the tests call it directly.
+
+The graph: eight model deployments (MTCNN, face embedder, region features, one per ensemble
+member) -> the ``JobRunner`` (claims jobs, runs the analysis over handles) -> the ``Ingress``
+(FastAPI). Paths are resolved here, once, so every replica on every node sees the same files.
+"""
+
+import logging
+from typing import cast
+
+from ray.serve import Application, Deployment
+
+from pipeline.models import resolve_model_dir
+from serve.config import ServiceConfig
+from serve.deployments import (
+    FaceDetectorDeployment,
+    FaceEmbedderDeployment,
+    IngressDeployment,
+    JobRunnerDeployment,
+    MemberDeployment,
+    RegionFeaturesDeployment,
+    model_aux_weights,
+)
+
+__all__ = ["APP_NAME", "build_app", "member_deployment_name", "model_deployment_names"]
+
+log = logging.getLogger(__name__)
+
+#: The application's name in ``serve/config.yaml``, ``dfd serve`` and the tests.
+APP_NAME = "dfd"
+
+
+def _deployment(decorated: object) -> Deployment:
+    # @serve.deployment returns a Deployment; type checkers still see the class.
+    return cast(Deployment, decorated)
+
+
+def member_deployment_name(member: str) -> str:
+    return f"Member_{member}"
+
+
+def model_deployment_names(config: ServiceConfig) -> list[str]:
+    """The eight (or, with another manifest, 3 + members) model deployments' names."""
+    cfg = config.resolved()
+    return ["FaceDetector", "FaceEmbedder", "RegionFeatures"] + [
+        member_deployment_name(n) for n in _member_names(cfg)
+    ]
+
+
+def _member_names(cfg: ServiceConfig) -> list[str]:
+    inference = cfg.analysis.inference
+    manifest = resolve_model_dir(inference.model_dir).load()
+    if inference.members is not None:
+        return [manifest.member(n).name for n in inference.members]
+    return [m.name for m in manifest.members]
+
+
+def build_app(config: ServiceConfig) -> Application:
+    """The whole service as one Serve application (run it with ``serve.run(..., name=APP_NAME)``).
+
+    Raises:
+        ConfigError: no model manifest where the configuration points.
+    """
+    cfg = config.resolved()
+    use_gpus = cfg.use_gpus()
+    d = cfg.deployments
+    names = _member_names(cfg)
+    if use_gpus:
+        total = d.model_gpu_total(len(names))
+        if total > 1:
+            log.warning("the model deployments ask for %.2f GPUs; they need more than one", total)
+    embed_weights, seg_weights = model_aux_weights(cfg)
+    detector = (
+        _deployment(FaceDetectorDeployment)
+        .options(**d.detector.deployment_options(use_gpus))
+        .bind(cfg.analysis.faces, cfg.device)
+    )
+    embedder = (
+        _deployment(FaceEmbedderDeployment)
+        .options(**d.embedder.deployment_options(use_gpus))
+        .bind(embed_weights, cfg.device)
+    )
+    features = (
+        _deployment(RegionFeaturesDeployment)
+        .options(**d.features.deployment_options(use_gpus))
+        .bind(cfg.analysis.segmentation, seg_weights, cfg.device)
+    )
+    members = [
+        _deployment(MemberDeployment)
+        .options(name=member_deployment_name(n), **d.members.deployment_options(use_gpus))
+        .bind(n, cfg.analysis.inference, cfg.device)
+        for n in names
+    ]
+    runner = (
+        _deployment(JobRunnerDeployment)
+        .options(**d.runner.deployment_options(False))
+        .bind(cfg, detector, embedder, features, members)
+    )
+    return (
+        _deployment(IngressDeployment)
+        .options(**d.ingress.deployment_options(False))
+        .bind(cfg, runner)
+    )

@@ -1,0 +1,191 @@
+"""The pipeline's models reached through Serve deployment handles.
+
+:class:`RemoteModels` implements :class:`pipeline.stages.PipelineModels`, so the job runner runs
+the very :class:`pipeline.analyze.Analyzer` that ``dfd analyze`` runs, with each model in its own
+deployment (paper 3.3: every block is its own micro-service). The five members are called
+concurrently and their sigmoid probabilities averaged exactly as
+:meth:`pipeline.models.Ensemble.predict` does; only the grouping of faces into forward passes
+differs (``@serve.batch`` mixes requests), which moves scores by float rounding only.
+
+Calls block (``DeploymentResponse.result()``): use this from worker threads, never from an event
+loop. Overload of a model deployment (its bounded queue is full) is waited out with backoff up
+to ``retry_timeout_s`` instead of failing the job at the first refusal.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from pipeline.errors import ModelError
+from pipeline.faces import Detection
+from pipeline.models import EnsemblePrediction, MemberInfo
+
+__all__ = ["ModelsDescription", "RemoteModels", "untrained_warning"]
+
+log = logging.getLogger(__name__)
+
+
+def untrained_warning(infos: Sequence[MemberInfo]) -> list[str]:
+    """The warning :meth:`pipeline.models.Ensemble.warnings` gives, from member infos (the
+    members live in other processes here, so the ensemble object is not at hand)."""
+    untrained = [i.name for i in infos if i.weights != "trained"]
+    if not untrained:
+        return []
+    return [
+        f"{len(untrained)} of {len(infos)} models run with random, untrained "
+        f"weights ({', '.join(untrained)}): scores are not meaningful"
+    ]
+
+
+@dataclass(frozen=True)
+class ModelsDescription:
+    """What the model deployments said about themselves when the runner connected."""
+
+    face_detector_name: str
+    segmentation_method: str
+    segmentation_threshold: float
+    has_embedder: bool
+    members: tuple[MemberInfo, ...]
+
+
+class RemoteModels:
+    """:class:`~pipeline.stages.PipelineModels` over deployment handles (thread-safe)."""
+
+    def __init__(
+        self,
+        detector: DeploymentHandle,
+        embedder: DeploymentHandle,
+        features: DeploymentHandle,
+        members: Sequence[DeploymentHandle],
+        description: ModelsDescription,
+        *,
+        retry_timeout_s: float = 120.0,
+    ) -> None:
+        if len(members) != len(description.members):
+            raise ValueError("one member info per member handle is needed")
+        self._detector = detector
+        self._embedder = embedder
+        self._features = features
+        self._members = list(members)
+        self.description = description
+        self.face_detector_name = description.face_detector_name
+        self.segmentation_method = description.segmentation_method
+        self.segmentation_threshold = description.segmentation_threshold
+        self.has_embedder = description.has_embedder
+        self.member_names = tuple(i.name for i in description.members)
+        self._retry_timeout_s = retry_timeout_s
+
+    @classmethod
+    async def connect(
+        cls,
+        detector: DeploymentHandle,
+        embedder: DeploymentHandle,
+        features: DeploymentHandle,
+        members: Sequence[DeploymentHandle],
+        *,
+        retry_timeout_s: float = 120.0,
+    ) -> RemoteModels:
+        """Ask every deployment what it runs (awaits; call from async code, e.g. a replica's
+        ``async __init__``)."""
+        det = await detector.describe.remote()
+        emb = await embedder.describe.remote()
+        feat = await features.describe.remote()
+        infos = [await m.describe.remote() for m in members]
+        description = ModelsDescription(
+            face_detector_name=str(det["name"]),
+            segmentation_method=str(feat["method"]),
+            segmentation_threshold=float(feat["cut_threshold"]),
+            has_embedder=bool(emb["available"]),
+            members=tuple(i["info"] for i in infos),
+        )
+        return cls(
+            detector, embedder, features, members, description, retry_timeout_s=retry_timeout_s
+        )
+
+    # -- PipelineModels ----------------------------------------------------------------------
+
+    def region_features(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if not frames:
+            return []
+        return list(self._call(self._features.features.remote, list(frames)))
+
+    def detect_faces(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
+        if not frames:
+            return []
+        return list(self._call(self._detector.detect.remote, list(frames)))
+
+    def embed_faces(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        if not self.has_embedder:
+            raise ModelError("the face-embedding deployment has no weights loaded")
+        if not crops:
+            return np.zeros((0, 512), dtype=np.float32)
+        return np.asarray(self._call(self._embedder.embed.remote, list(crops)))
+
+    def score_faces(self, crops: Sequence[np.ndarray]) -> EnsemblePrediction:
+        """All members at once (concurrent requests), probabilities averaged (paper 3.1)."""
+        n, m = len(crops), len(self._members)
+        member_probs = np.zeros((n, m), dtype=np.float64)
+        if n:
+            batch = list(crops)
+            # Ray puts the crops in the object store once per request; the requests run in
+            # parallel on five replicas.
+            calls = [h.predict.remote for h in self._members]
+            pending = [self._submit(call, batch) for call in calls]
+            for j, (call, response) in enumerate(zip(calls, pending, strict=True)):
+                probs = self._resolve(response, call, batch)
+                member_probs[:, j] = np.asarray(probs, dtype=np.float64)
+        prob = member_probs.mean(axis=1) if n else np.zeros(0, dtype=np.float64)
+        return EnsemblePrediction(prob, member_probs, self.member_names)
+
+    def model_infos(self) -> list[MemberInfo]:
+        return list(self.description.members)
+
+    def warnings(self) -> list[str]:
+        return untrained_warning(self.description.members)
+
+    # -- calls with backoff ------------------------------------------------------------------
+
+    def _call(self, method: Callable[[Any], Any], arg: Any) -> Any:
+        """``method(arg).result()`` (``method`` a handle's ``.remote``), waiting out overload."""
+        return self._resolve(self._submit(method, arg), method, arg)
+
+    @staticmethod
+    def _submit(method: Callable[[Any], Any], arg: Any) -> DeploymentResponse | None:
+        try:
+            response: DeploymentResponse = method(arg)
+        except (BackPressureError, DeploymentUnavailableError):
+            return None
+        return response
+
+    def _resolve(
+        self, response: DeploymentResponse | None, method: Callable[[Any], Any], arg: Any
+    ) -> Any:
+        deadline = time.monotonic() + self._retry_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                if response is None:
+                    response = method(arg)
+                assert response is not None
+                return response.result()
+            except (BackPressureError, DeploymentUnavailableError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ModelError(
+                        f"a model deployment stayed overloaded for {self._retry_timeout_s:.0f} s; "
+                        "add replicas or lower the job concurrency"
+                    ) from exc
+                log.info(
+                    "model deployment busy (%s); retrying in %.2f s", type(exc).__name__, delay
+                )
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+                response = None

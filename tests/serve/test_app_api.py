@@ -1,0 +1,501 @@
+"""The HTTP API over real HTTP on loopback, with an in-process job worker (no Ray).
+
+Covers what does not need the Serve deployments: every problem type for its cause, keys and
+rate limits, overload, uploads, Range, cancel/delete, crash recovery, and the Redis + S3 path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from pipeline.stages import LocalModels
+from serve.config import (
+    AuthSettings,
+    JobSettings,
+    MeverSettings,
+    S3StorageConfig,
+    ServiceConfig,
+)
+from serve.jobs import JobWorker, cache_namespace
+from serve.jobstore import Job, JobStatus, Progress, SQLiteJobStore
+from serve.mever import image_report, video_report
+from serve.problems import PROBLEM_BASE_URI
+from tests.serve.conftest import analysis_settings, local_service, wait_for, wait_job
+from tests.support.httpserver import LoopbackServer, file_response, stall_response, status_response
+from tests.support.s3server import moto_s3_server
+
+IMAGE = "faces/fr_obama.jpg"
+
+
+def config(tmp_path: Path, model_dir: Path, **kwargs: Any) -> ServiceConfig:
+    defaults: dict[str, Any] = {
+        "home": tmp_path / "home",
+        "analysis": analysis_settings(model_dir, shot_workers=2),
+        "jobs": JobSettings(heartbeat_s=0.5, stale_after_s=5, recovery_interval_s=0.5),
+    }
+    return ServiceConfig(**{**defaults, **kwargs})
+
+
+def assert_problem(response: httpx.Response, kind: str, status: int) -> dict[str, Any]:
+    """An RFC 7807 body of ``kind`` with a human detail and no stack trace."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"] == PROBLEM_BASE_URI + kind
+    assert body["status"] == status
+    assert body["title"] and body.get("detail")
+    assert "Traceback" not in response.text and 'File "' not in response.text
+    return body  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def media_server() -> Iterator[LoopbackServer]:
+    with LoopbackServer() as server:
+        yield server
+
+
+# ---------------------------------------------------------------------------------------------
+# Problems, one per kind, each for its real cause
+
+
+def test_every_problem_kind_for_its_cause(
+    tmp_path: Path,
+    model_dir: Path,
+    local_models: LocalModels,
+    shared_data: Path,
+    media_server: LoopbackServer,
+) -> None:
+    cfg = config(
+        tmp_path,
+        model_dir,
+        auth=AuthSettings(mode="keys"),
+        max_upload_bytes=200_000,
+        jobs=JobSettings(max_queued_jobs=50),
+    )
+    keys = cfg.resolved().open_key_store()
+    _, key = keys.create_key("tests", rate_per_min=10_000)
+    _, slow_key = keys.create_key("slow", rate_per_min=2)
+    revoked_id, revoked = keys.create_key("gone")
+    keys.revoke(revoked_id)
+    missing = media_server.route("/missing.jpg", status_response(404, b"nope"))
+    with local_service(cfg, local_models) as svc, svc.client(key) as http:
+        # unauthorized: no key, a malformed key, a revoked key
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"X-API-Key": revoked}):
+            r = httpx.get(f"{svc.base_url}/v1/jobs/abc", headers=headers)
+            body = assert_problem(r, "unauthorized", 401)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+        # rate limited, with Retry-After
+        with svc.client(slow_key) as slow:
+            assert slow.get("/v1/version").status_code == 200
+            assert slow.get("/v1/version").status_code == 200
+            r = slow.get("/v1/version")
+            assert_problem(r, "rate-limited", 429)
+            assert int(r.headers["retry-after"]) >= 1
+        # invalid URL
+        for bad in ("ftp://example.org/a.jpg", "not a url", "http://user:pw@example.org/x"):
+            body = assert_problem(http.post("/v1/jobs", json={"url": bad}), "invalid-url", 400)
+        # invalid input (schema)
+        assert_problem(http.post("/v1/jobs", json={"link": "x"}), "invalid-input", 422)
+        # unsupported media: a text file uploaded
+        r = http.post("/v1/jobs", files={"file": ("notes.txt", b"hello " * 100, "text/plain")})
+        assert "unknown format" in assert_problem(r, "unsupported-media", 422)["detail"]
+        # too large: over max_upload_bytes (with and without an honest Content-Length)
+        big = (shared_data / "faces" / "dlib_bald_guys.jpg").read_bytes()
+        assert len(big) > 200_000
+        r = http.post("/v1/jobs", files={"file": ("big.jpg", big, "image/jpeg")})
+        assert_problem(r, "too-large", 413)
+        # not found: unknown job, unknown route, unknown artefact
+        assert_problem(http.get("/v1/jobs/doesnotexist"), "not-found", 404)
+        assert_problem(http.get("/v1/nothing-here"), "not-found", 404)
+        # download failed: the job fails with the problem of its cause (404 on the server)
+        created = http.post("/v1/jobs", json={"url": missing}).json()
+        job = wait_job(http, created["id"])
+        assert job["status"] == "failed"
+        assert job["error"]["type"] == PROBLEM_BASE_URI + "download-failed"
+        assert "404" in job["error"]["detail"]
+        assert_problem(http.get(f"/v1/jobs/{created['id']}/result"), "conflict", 409)
+        assert_problem(http.get(f"/v1/jobs/{created['id']}/artefacts/source.jpg"), "not-found", 404)
+        # internal: a result document damaged in the store answers a generic 500, no details
+        store = svc.ctx.store
+        now = datetime.now(UTC)
+        damaged = Job(
+            id="damaged-result",
+            source="https://example.org/a.jpg",
+            source_key="url:https://example.org/a.jpg",
+            status=JobStatus.DONE,
+            created_at=now,
+            updated_at=now,
+            result_key="damaged-result",
+        )
+        store.create(damaged)
+        store.put_result(damaged.id, "{not json")
+        body = assert_problem(http.get("/v1/jobs/damaged-result/result"), "internal", 500)
+        assert "error_id" in body and "json" not in body["detail"].lower()
+
+
+def test_overloaded_when_the_queue_is_full(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels, media_server: LoopbackServer
+) -> None:
+    cfg = config(tmp_path, model_dir, jobs=JobSettings(max_queued_jobs=2))
+    url = media_server.route("/a.jpg", status_response(404))
+    with local_service(cfg, local_models, start_worker=False) as svc, svc.client() as http:
+        for i in range(2):
+            assert http.post("/v1/jobs", json={"url": f"{url}?{i}"}).status_code == 202
+        t0 = time.monotonic()
+        r = http.post("/v1/jobs", json={"url": f"{url}?2"})
+        assert time.monotonic() - t0 < 2  # answered at once, not after a timeout
+        assert_problem(r, "overloaded", 503)
+        assert int(r.headers["retry-after"]) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+
+
+def test_upload_job_and_artefacts_with_range(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels, shared_data: Path
+) -> None:
+    path = shared_data / IMAGE
+    data = path.read_bytes()
+    with local_service(config(tmp_path, model_dir), local_models) as svc, svc.client() as http:
+        r = http.post("/v1/jobs", files={"file": ("obama.jpg", data, "image/jpeg")})
+        assert r.status_code == 202
+        job_id = r.json()["id"]
+        assert wait_job(http, job_id)["status"] == "done"
+        result = http.get(f"/v1/jobs/{job_id}/result").json()
+        assert result["source"]["path"] == "obama.jpg"
+        assert result["faces_total"] == 1
+        # The stored medium, whole and by ranges (the player of a video seeks).
+        src = f"/v1/jobs/{job_id}/artefacts/source.jpeg"
+        whole = http.get(src)
+        assert whole.status_code == 200 and whole.content == data
+        assert whole.headers["accept-ranges"] == "bytes"
+        part = http.get(src, headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206 and part.content == data[100:200]
+        assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+        tail = http.get(src, headers={"Range": "bytes=-10"})
+        assert tail.status_code == 206 and tail.content == data[-10:]
+        head = http.head(src)
+        assert head.status_code == 200 and int(head.headers["content-length"]) == len(data)
+        r = http.get(src, headers={"Range": f"bytes={len(data)}-"})
+        assert_problem(r, "range-not-satisfiable", 416)
+        assert r.headers["content-range"] == f"bytes */{len(data)}"
+        assert_problem(http.get(f"/v1/jobs/{job_id}/artefacts/../../x"), "not-found", 404)
+        # Listing, then deletion removes the job, its result and its artefacts.
+        assert job_id in [j["id"] for j in http.get("/v1/jobs").json()]
+        artefacts = svc.ctx.storage.list_keys(f"jobs/{job_id}/")
+        assert any(k.endswith("source.jpeg") for k in artefacts) and len(artefacts) >= 3
+        assert http.delete(f"/v1/jobs/{job_id}").status_code == 204
+        assert_problem(http.get(f"/v1/jobs/{job_id}"), "not-found", 404)
+        assert svc.ctx.storage.list_keys(f"jobs/{job_id}/") == []
+
+
+def test_cancel_and_delete_a_running_job(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels, media_server: LoopbackServer
+) -> None:
+    url = media_server.route("/stall.mp4", stall_response())
+    with local_service(config(tmp_path, model_dir), local_models) as svc, svc.client() as http:
+        job_id = http.post("/v1/jobs", json={"url": url}).json()["id"]
+        wait_for(
+            lambda: http.get(f"/v1/jobs/{job_id}").json()["progress"]["stage"] == "downloading", 10
+        )
+        assert http.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+        cancelled = http.post(f"/v1/jobs/{job_id}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert_problem(http.post(f"/v1/jobs/{job_id}/cancel"), "conflict", 409)
+        assert http.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+        # Deleting removes it (and whatever it had stored).
+        assert http.delete(f"/v1/jobs/{job_id}").status_code == 204
+        assert_problem(http.get(f"/v1/jobs/{job_id}"), "not-found", 404)
+
+
+def test_keys_own_their_jobs(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels, media_server: LoopbackServer
+) -> None:
+    cfg = config(tmp_path, model_dir, auth=AuthSettings(mode="keys"))
+    keys = cfg.resolved().open_key_store()
+    _, alice = keys.create_key("alice")
+    _, bob = keys.create_key("bob")
+    url = media_server.route("/x.jpg", status_response(404))
+    with (
+        local_service(cfg, local_models, start_worker=False) as svc,
+        svc.client(alice) as a,
+        svc.client(bob) as b,
+    ):
+        job_id = a.post("/v1/jobs", json={"url": url}).json()["id"]
+        assert b.get(f"/v1/jobs/{job_id}").status_code == 200  # ids are capabilities
+        assert [j["id"] for j in a.get("/v1/jobs").json()] == [job_id]
+        assert b.get("/v1/jobs").json() == []
+        assert_problem(b.delete(f"/v1/jobs/{job_id}"), "forbidden", 403)
+        assert a.delete(f"/v1/jobs/{job_id}").status_code == 204
+
+
+# ---------------------------------------------------------------------------------------------
+# A restart loses nothing
+
+
+def test_restart_recovers_jobs_left_running(
+    tmp_path: Path,
+    model_dir: Path,
+    local_models: LocalModels,
+    shared_data: Path,
+    media_server: LoopbackServer,
+) -> None:
+    """A runner died mid-job (the job stayed ``running``, its heartbeat stopped): the next
+    runner requeues it and completes it; one that already used its attempts fails with the
+    reason. Nothing stays ``running`` for ever."""
+    cfg = config(tmp_path, model_dir).resolved()
+    url = media_server.route("/obama.jpg", file_response(shared_data / IMAGE, "image/jpeg"))
+    an_hour_ago = time.time() - 3600
+    dead_store = SQLiteJobStore(cfg.sqlite_path, clock=lambda: an_hour_ago)
+    from serve.jobstore import url_source_key
+
+    resumable = dead_store.create(Job.new(url, url_source_key(url)))
+    assert dead_store.claim_next() is not None  # the dead runner had claimed it
+    exhausted = Job.new(url + "?x", url_source_key(url + "?x"))
+    dead_store.create(exhausted)
+    for _ in range(cfg.jobs.max_attempts):
+        dead_store.claim_next()
+        dead_store.update(exhausted.id, status=JobStatus.QUEUED, progress=Progress())
+    dead_store.claim_next()
+    assert dead_store.get(exhausted.id).attempts > cfg.jobs.max_attempts - 1
+    assert dead_store.get(resumable.id).status == JobStatus.RUNNING
+
+    with local_service(cfg, local_models) as svc, svc.client() as http:
+        done = wait_job(http, resumable.id)
+        assert done["status"] == "done" and done["attempts"] == 2
+        assert http.get(f"/v1/jobs/{resumable.id}/result").json()["faces_total"] == 1
+        failed = http.get(f"/v1/jobs/{exhausted.id}").json()
+        assert failed["status"] == "failed"
+        assert failed["error"]["type"] == PROBLEM_BASE_URI + "internal"
+        assert "runner stopped" in failed["error"]["detail"]
+        assert svc.worker.stats()["recovered"] >= 2
+
+
+def test_graceful_stop_requeues_running_jobs(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels, media_server: LoopbackServer
+) -> None:
+    cfg = config(tmp_path, model_dir).resolved()
+    url = media_server.route("/stall.jpg", stall_response())
+    from pipeline.analyze import Analyzer
+
+    worker = JobWorker(
+        cfg.open_job_store(),
+        cfg.open_storage(),
+        Analyzer(local_models, cfg.analysis),
+        cfg.jobs,
+        cache_namespace=cache_namespace(cfg.analysis, local_models.model_infos()),
+    )
+    store = cfg.open_job_store()
+    from serve.jobstore import url_source_key
+
+    job = store.create(Job.new(url, url_source_key(url)))
+    worker.start()
+    wait_for(lambda: store.get(job.id).status == JobStatus.RUNNING, 10)
+    assert worker.stop(grace_s=0.2) == [job.id]
+    assert store.get(job.id).status == JobStatus.QUEUED
+
+
+# ---------------------------------------------------------------------------------------------
+# MeVer report shapes (the live plug-in flow is in test_app_serve.py)
+
+
+def test_mever_reports_from_a_result() -> None:
+    result = {
+        "score": 0.8,
+        "top_shot": 1,
+        "source": {"width": 200, "height": 100},
+        "shots": [
+            {
+                "index": 0,
+                "start_s": 0.0,
+                "end_s": 2.0,
+                "score": None,
+                "clusters": [],
+                "gallery": "http://s/g0.jpg",
+            },
+            {
+                "index": 1,
+                "start_s": 2.0,
+                "end_s": 4.5,
+                "score": 0.8,
+                "gallery": "http://s/g1.jpg",
+                "clusters": [
+                    {
+                        "score": 0.8,
+                        "collage": "http://s/c0.jpg",
+                        "faces": [
+                            {"box": [20, 10, 60, 50], "detection_confidence": 0.9},
+                            {"box": [0, 0, 200, 100], "detection_confidence": 0.99},
+                        ],
+                    },
+                    {
+                        "score": 0.1,
+                        "collage": "http://s/c1.jpg",
+                        "faces": [
+                            {"box": [100, 50, 150, 100], "detection_confidence": 0.95},
+                        ],
+                    },
+                ],
+            },
+        ],
+    }
+    video = video_report(result, "http://s/source.mp4")
+    assert video["prediction"] == 0.8 == video["results"][1]["prediction"]
+    assert video["video_path"] == "http://s/source.mp4"
+    assert video["results"][0] == {
+        "shot_start": 0.0,
+        "shot_end": 2.0,
+        "shot_image": "http://s/g0.jpg",
+        "prediction": 0.0,
+        "face_image_paths": [],
+        "face_predictions": [],
+    }
+    assert video["results"][1]["face_image_paths"] == ["http://s/c0.jpg", "http://s/c1.jpg"]
+    assert video["results"][1]["face_predictions"] == [0.8, 0.1]
+    image = image_report(result)
+    assert image["prediction"] == 0.8
+    assert image["info"] == [
+        {"bbox": {"top": 0.0, "left": 0.0, "bottom": 1.0, "right": 1.0}, "prediction": 0.8},
+        {"bbox": {"top": 0.5, "left": 0.5, "bottom": 1.0, "right": 0.75}, "prediction": 0.1},
+    ]
+    no_faces = {**result, "score": None, "top_shot": None, "shots": result["shots"][:1]}
+    assert video_report(no_faces, "v")["prediction"] == 0.0
+    assert image_report(no_faces) == {"prediction": 0.0, "info": []}
+
+
+def test_mever_routes_are_guarded(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels
+) -> None:
+    """Off by default; when on, only allowed networks and origins get in."""
+    with local_service(config(tmp_path, model_dir), local_models, start_worker=False) as svc:
+        assert_problem(httpx.get(f"{svc.base_url}/mever/videos/jobs/abc"), "not-found", 404)
+    import ipaddress
+
+    cfg = config(
+        tmp_path / "b",
+        model_dir,
+        mever=MeverSettings(
+            enabled=True,
+            allowed_networks=[ipaddress.IPv4Network("10.0.0.0/8")],  # not this client (127.0.0.1)
+        ),
+    )
+    with local_service(cfg, local_models, start_worker=False) as svc:
+        r = httpx.post(f"{svc.base_url}/mever/images/jobs", params={"url": "http://a.example/x"})
+        assert_problem(r, "forbidden", 403)
+    cfg = config(
+        tmp_path / "c",
+        model_dir,
+        mever=MeverSettings(enabled=True, allowed_origins=["chrome-extension://ok"]),
+    )
+    with local_service(cfg, local_models, start_worker=False) as svc:
+        url = f"{svc.base_url}/mever/images/jobs"
+        r = httpx.post(
+            url,
+            params={"url": "http://a.example/x.jpg"},
+            headers={"Origin": "https://evil.example"},
+        )
+        assert_problem(r, "forbidden", 403)
+        r = httpx.post(url, params={"url": "http://a.example/x.jpg", "services": "nope"})
+        assert_problem(r, "invalid-input", 422)
+        r = httpx.post(
+            url,
+            params={"url": "http://a.example/x.jpg"},
+            headers={"Origin": "chrome-extension://ok"},
+        )
+        assert (
+            r.status_code == 202
+            and r.headers["access-control-allow-origin"] == "chrome-extension://ok"
+        )
+        assert r.json()["status"] == "PROCESSING"
+
+
+# ---------------------------------------------------------------------------------------------
+# Operations
+
+
+def test_health_metrics_version_docs(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels
+) -> None:
+    with local_service(config(tmp_path, model_dir), local_models) as svc, svc.client() as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/readyz").json()["status"] == "ready"
+        version = http.get("/v1/version").json()
+        assert version["service_version"] and len(version["models"]) == 5
+        card = http.get("/v1/model-card").json()
+        assert card["status"] == "placeholder" and "placeholder" in card["detail"]
+        assert http.get("/docs").status_code == 200
+        spec = http.get("/openapi.json").json()
+        assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result"} <= set(spec["paths"])
+        assert "multipart/form-data" in spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
+        text = http.get("/metrics").text
+        assert 'dfd_jobs{status="queued"}' in text
+        assert "dfd_http_requests_total" in text and "dfd_runner_jobs" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Cluster backends: Redis (real server on 127.0.0.1:6379) and S3 (moto on loopback)
+
+
+@pytest.mark.redis
+def test_redis_and_s3_backends_end_to_end(
+    tmp_path: Path,
+    model_dir: Path,
+    local_models: LocalModels,
+    shared_data: Path,
+    media_server: LoopbackServer,
+) -> None:
+    prefix = f"dfd-test-{zlib.crc32(str(tmp_path).encode())}:"
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    video = shared_data / "videos" / "liveportrait_d0.mp4"
+    url = media_server.route("/d0.mp4", file_response(video, "video/mp4"))
+    try:
+        with moto_s3_server() as endpoint:
+            cfg = config(
+                tmp_path,
+                model_dir,
+                redis_url="redis://127.0.0.1:6379/0",
+                redis_prefix=prefix,
+                auth=AuthSettings(mode="keys"),
+                storage=S3StorageConfig(
+                    bucket="dfd-artefacts",
+                    endpoint_url=endpoint,
+                    access_key="test",
+                    secret_key="test",
+                    create_bucket=True,
+                ),
+            )
+            _, key = cfg.resolved().open_key_store().create_key("redis-test")
+            assert client.exists(f"{prefix}apikeys")
+            with local_service(cfg, local_models) as svc, svc.client(key) as http:
+                job_id = http.post("/v1/jobs", json={"url": url}).json()["id"]
+                assert client.exists(f"{prefix}job:{job_id}")
+                assert wait_job(http, job_id, timeout=120)["status"] == "done"
+                result = http.get(f"/v1/jobs/{job_id}/result").json()
+                assert result["source"]["media_type"] == "video" and result["faces_total"] > 0
+                gallery = http.get(result["shots"][0]["gallery"])
+                assert gallery.status_code == 200 and gallery.content[:3] == b"\xff\xd8\xff"
+                data = video.read_bytes()
+                part = http.get(
+                    f"/v1/jobs/{job_id}/artefacts/source.mp4", headers={"Range": "bytes=0-1023"}
+                )
+                assert part.status_code == 206 and part.content == data[:1024]
+                again = http.post("/v1/jobs", json={"url": url}).json()
+                assert again["cached"] is True and again["status"] == "done"
+                assert media_server.hits("/d0.mp4") == 1
+                assert json.loads(client.get(f"{prefix}job:{again['id']}"))["result_key"] == job_id
+    finally:
+        keys = list(client.scan_iter(f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()

@@ -1,0 +1,157 @@
+"""The service configuration and ``serve/config.yaml``: import paths resolve, arguments validate,
+every knob is in the YAML, and the built application has the deployments it describes."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+from ray.serve._private.build_app import build_app as serve_build
+from ray.serve.schema import ServeDeploySchema
+
+from pipeline.errors import ConfigError
+from serve.app import APP_NAME, build_app, model_deployment_names
+from serve.config import (
+    JobSettings,
+    LocalStorageConfig,
+    ModelDeploymentSettings,
+    S3StorageConfig,
+    ServiceConfig,
+    load_config,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_YAML = REPO / "serve" / "config.yaml"
+
+
+def yaml_app() -> dict[str, Any]:
+    deploy = yaml.safe_load(CONFIG_YAML.read_text())
+    ServeDeploySchema.model_validate(deploy)  # the file is what `serve deploy` accepts
+    (app,) = deploy["applications"]
+    return app  # type: ignore[no-any-return]
+
+
+def knob_paths(model: type[BaseModel], value: Any, prefix: str = "") -> set[str]:
+    """Every field path of ``model`` (descending into nested settings models)."""
+    paths = set()
+    for name in model.model_fields:
+        path = f"{prefix}{name}"
+        paths.add(path)
+        sub = getattr(value, name)
+        if isinstance(sub, BaseModel):
+            paths |= knob_paths(type(sub), sub, path + ".")
+    return paths
+
+
+def present_paths(data: Any, prefix: str = "") -> set[str]:
+    if not isinstance(data, dict):
+        return set()
+    paths = set()
+    for key, sub in data.items():
+        paths.add(f"{prefix}{key}")
+        paths |= present_paths(sub, f"{prefix}{key}.")
+    return paths
+
+
+def test_config_yaml_import_path_and_args_validate() -> None:
+    app = yaml_app()
+    assert app["name"] == APP_NAME
+    module, _, attr = app["import_path"].partition(":")
+    builder = getattr(importlib.import_module(module), attr)
+    assert builder is build_app
+    # Serve converts args to the model only when the annotation is the class itself.
+    (param,) = inspect.signature(builder).parameters.values()
+    assert param.annotation is ServiceConfig
+    config = ServiceConfig.model_validate(app["args"])
+    assert config.redis_url and isinstance(config.storage, S3StorageConfig)
+    assert config.deployments.model_gpu_total(5) <= 1.0
+
+
+def test_config_yaml_lists_every_knob() -> None:
+    args = yaml_app()["args"]
+    config = ServiceConfig.model_validate(args)
+    missing = knob_paths(ServiceConfig, config) - present_paths(args)
+    assert not missing, f"serve/config.yaml lacks {sorted(missing)}"
+
+
+def test_config_yaml_builds_the_application(tmp_path: Path, model_dir: Path) -> None:
+    args = yaml_app()["args"]
+    args["home"] = str(tmp_path / "home")
+    args["analysis"]["inference"]["model_dir"] = str(model_dir)
+    config = ServiceConfig.model_validate(args)
+    built = serve_build(build_app(config), name=APP_NAME)
+    by_name = {d.name: d for d in built.deployments}
+    models = model_deployment_names(config)
+    assert len(models) == 8
+    assert set(by_name) == {*models, "JobRunner", "Ingress"}
+    assert built.ingress_deployment_name == "Ingress"
+    gpus = sum(by_name[n].ray_actor_options["num_gpus"] for n in models)
+    assert gpus == pytest.approx(0.95)
+    assert "num_gpus" not in by_name["Ingress"].ray_actor_options
+    member = by_name[models[-1]]
+    assert member.user_config == {
+        "enabled": True,
+        "max_batch_size": 16,
+        "batch_wait_timeout_s": 0.02,
+    }
+    assert member.max_ongoing_requests == 32
+    assert by_name["FaceDetector"].num_replicas == 1
+
+
+def test_gpu_fractions_are_dropped_without_gpus(tmp_path: Path, model_dir: Path) -> None:
+    config = load_config(
+        environ={},
+        overrides={
+            "home": str(tmp_path),
+            "gpus": "off",
+            "analysis": {"inference": {"model_dir": str(model_dir)}},
+        },
+    )
+    built = serve_build(build_app(config), name=APP_NAME)
+    assert all("num_gpus" not in d.ray_actor_options for d in built.deployments)
+
+
+def test_load_config_from_file_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "dfd.yaml"
+    path.write_text(yaml.safe_dump({"jobs": {"concurrency": 3}, "auth": {"mode": "keys"}}))
+    env = {
+        "DFD_CONFIG": str(path),
+        "DFD_HOME": str(tmp_path / "h"),
+        "DFD_REDIS_URL": "redis://127.0.0.1:6379/2",
+        "DFD_JOBS__MAX_QUEUED_JOBS": "7",
+        "DFD_MEVER__ENABLED": "true",
+        "DFD_MEVER__ALLOWED_ORIGINS": "[chrome-extension://abc]",
+        "DFD_MODEL_DIR": "/not/a/config/field",
+    }
+    config = load_config(environ=env)
+    assert config.home == tmp_path / "h"
+    assert config.redis_url == "redis://127.0.0.1:6379/2"
+    assert (config.jobs.concurrency, config.jobs.max_queued_jobs) == (3, 7)
+    assert config.auth.mode == "keys"
+    assert config.mever.enabled and config.mever.allowed_origins == ["chrome-extension://abc"]
+    # A whole `serve deploy` file works too (its first application's args).
+    assert load_config(CONFIG_YAML, environ={}).redis_url
+    with pytest.raises(ConfigError, match="jobs"):
+        load_config(environ={"DFD_JOBS__CONCURRENCY": "0"})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml", environ={})
+
+
+def test_resolved_paths_and_validation(tmp_path: Path, model_dir: Path) -> None:
+    config = ServiceConfig(
+        home=tmp_path, analysis={"inference": {"model_dir": model_dir}}
+    ).resolved()
+    assert config.sqlite_path == tmp_path / "service.db"
+    assert isinstance(config.storage, LocalStorageConfig)
+    assert config.storage.root == tmp_path / "artefacts"
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        ModelDeploymentSettings(max_ongoing_requests=4, batch={"max_batch_size": 8})
+    with pytest.raises(ValueError, match="heartbeat"):
+        JobSettings(heartbeat_s=10, stale_after_s=15)
+    with pytest.raises(ValueError, match="galleries"):
+        ServiceConfig(mever={"enabled": True}, analysis={"galleries": False})

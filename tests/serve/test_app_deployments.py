@@ -1,0 +1,78 @@
+"""The plain model servers behind the deployments (no Ray): several callers' requests at once
+give each caller what it would get alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ModelError
+from pipeline.faces import FaceDetector, FaceSettings, crop
+from pipeline.media import load_image
+from pipeline.models import Ensemble, InferenceSettings
+from pipeline.segment import SegmentSettings, build_extractor
+from pipeline.stages import LocalModels
+from serve.deployments import (
+    DetectorServer,
+    EmbedderServer,
+    FeaturesServer,
+    MemberServer,
+    split_answers,
+)
+
+
+def test_split_answers() -> None:
+    assert split_answers([1, 2, 3, 4], [1, 0, 3]) == [[1], [], [2, 3, 4]]
+    assert split_answers([], []) == []
+    with pytest.raises(ValueError, match="cannot be split"):
+        split_answers([1, 2], [3])
+
+
+@pytest.fixture(scope="module")
+def frames(shared_data: Path) -> list[np.ndarray]:
+    names = ["fr_two_people.jpg", "fr_obama.jpg", "facenet_multiface.jpg"]
+    return [load_image(shared_data / "faces" / n) for n in names]
+
+
+def test_detector_server_batches_requests_like_single_calls(frames: list[np.ndarray]) -> None:
+    server = DetectorServer(FaceSettings())
+    alone = [FaceDetector(FaceSettings()).detect([f])[0] for f in frames]
+    together = server.detect_many([[frames[0]], [], [frames[1], frames[2]]])
+    assert [len(r) for r in together] == [1, 0, 2]
+    flat = [dets for request in together for dets in request]
+    for got, want in zip(flat, alone, strict=True):
+        assert [d.box for d in got] == [d.box for d in want]
+        assert [d.confidence for d in got] == pytest.approx([d.confidence for d in want])
+    assert server.describe()["name"].startswith("mtcnn")
+
+
+def test_member_server_equals_the_ensemble_member(
+    frames: list[np.ndarray], model_dir: Path, local_models: LocalModels
+) -> None:
+    settings = InferenceSettings(model_dir=model_dir, backend="torch", device="cpu")
+    crops = [crop(f, d) for f in frames for d in local_models.detect_faces([f])[0]]
+    assert len(crops) >= 4
+    ensemble: Ensemble = local_models.ensemble
+    want = ensemble.predict(crops).member_probabilities
+    for j, member in enumerate(ensemble.members):
+        server = MemberServer(member.name, settings)
+        assert server.info == member.info
+        got = server.predict_many([crops[:1], [], crops[1:]])
+        assert [len(g) for g in got] == [1, 0, len(crops) - 1]
+        np.testing.assert_allclose(np.concatenate(got), want[:, j], atol=1e-5)
+
+
+def test_features_server_and_missing_embedder(frames: list[np.ndarray], tmp_path: Path) -> None:
+    server = FeaturesServer(SegmentSettings(), None)
+    extractor = build_extractor("auto", None)
+    got = server.features_many([frames[:2], frames[2:]])
+    want = extractor(frames)
+    for g, w in zip([x for r in got for x in r], want, strict=True):
+        np.testing.assert_allclose(g, w)
+    assert server.describe() == {"method": extractor.name, "cut_threshold": extractor.cut_threshold}
+    embedder = EmbedderServer(tmp_path / "absent.pt")
+    assert embedder.describe()["available"] is False
+    with pytest.raises(ModelError, match="no face-embedding weights"):
+        embedder.embed_many([[frames[0]]])
