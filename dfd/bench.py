@@ -21,7 +21,9 @@ from rich.table import Table
 
 from dfd.common import cli_errors, out_console
 
-app = typer.Typer(help="Benchmarks (figures for the closing notes and the README).", no_args_is_help=True)
+app = typer.Typer(
+    help="Benchmarks (figures for the closing notes and the README).", no_args_is_help=True
+)
 
 
 def _peak_rss_mb() -> float:
@@ -85,13 +87,17 @@ def _run_isolated(target: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 @app.command()
 @cli_errors
 def models(
-    model_dir: Annotated[Path | None, typer.Option(help="Model directory (default: the user's).")] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model directory (default: the user's).")
+    ] = None,
     backends: Annotated[str, typer.Option(help="Comma-separated backends.")] = "torch,onnx",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4,8",
     faces: Annotated[int, typer.Option(help="Faces per timed run.")] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     torch_threads: Annotated[int, typer.Option(help="torch.set_num_threads (0: default).")] = 0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures as JSON.")
+    ] = None,
 ) -> None:
     """Faces per second of the whole ensemble, per backend and batch size, and peak RSS."""
     from pipeline.models.manifest import resolve_model_dir
@@ -101,22 +107,42 @@ def models(
     out: list[dict[str, Any]] = []
     for backend in backends.split(","):
         cfg = {
-            "model_dir": directory.root, "backend": backend, "device": device,
-            "batch_sizes": sizes, "faces": faces, "torch_threads": torch_threads,
+            "model_dir": directory.root,
+            "backend": backend,
+            "device": device,
+            "batch_sizes": sizes,
+            "faces": faces,
+            "torch_threads": torch_threads,
         }
         out.append(_run_isolated(_models_worker, cfg))
     base = out[0]
-    table = Table(title=f"ensemble throughput ({len(base['members'])} members, {faces} faces per run)")
-    for col in ("backend", "batch", "faces/s", "x first", "load s", "RSS loaded MB", "peak RSS MB", "max |dp|"):
+    table = Table(
+        title=f"ensemble throughput ({len(base['members'])} members, {faces} faces per run)"
+    )
+    for col in (
+        "backend",
+        "batch",
+        "faces/s",
+        "x first",
+        "load s",
+        "RSS loaded MB",
+        "peak RSS MB",
+        "max |dp|",
+    ):
         table.add_column(col, justify="right")
     base_rate = base["runs"][0]["faces_per_s"]
     for r in out:
         diff = float(np.abs(np.array(r["probability"]) - np.array(base["probability"])).max())
         for run in r["runs"]:
             table.add_row(
-                r["backend"], str(run["batch_size"]), f"{run['faces_per_s']:.2f}",
-                f"{run['faces_per_s'] / base_rate:.2f}", f"{r['load_s']:.1f}",
-                f"{r['rss_loaded_mb']:.0f}", f"{r['peak_rss_mb']:.0f}", f"{diff:.1e}",
+                r["backend"],
+                str(run["batch_size"]),
+                f"{run['faces_per_s']:.2f}",
+                f"{run['faces_per_s'] / base_rate:.2f}",
+                f"{r['load_s']:.1f}",
+                f"{r['rss_loaded_mb']:.0f}",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{diff:.1e}",
             )
     out_console.print(table)
     out_console.print(f"weights: {base['weights']}; members: {', '.join(base['members'])}")
@@ -178,18 +204,28 @@ def _analyze_worker(cfg: dict[str, Any], queue: Any) -> None:
 @app.command()
 @cli_errors
 def analyze(
-    videos: Annotated[list[Path] | None, typer.Argument(help="Videos (default: 5 from shared/data).")] = None,
-    data: Annotated[Path, typer.Option(help="The shared test media folder.")] = Path("../shared/data"),
-    model_dir: Annotated[Path | None, typer.Option(help="Model directory (default: the user's).")] = None,
+    videos: Annotated[
+        list[Path] | None, typer.Argument(help="Videos (default: 5 from shared/data).")
+    ] = None,
+    data: Annotated[Path, typer.Option(help="The shared test media folder.")] = Path(
+        "../shared/data"
+    ),
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model directory (default: the user's).")
+    ] = None,
     backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
     max_frames: Annotated[int, typer.Option(help="Sampled frames per shot (paper: 64).")] = 64,
     galleries: Annotated[bool, typer.Option(help="Render the pictures too.")] = True,
-    growth: Annotated[str, typer.Option(help="Comma-separated minutes for the growth curve ('' to skip).")] = "",
+    growth: Annotated[
+        str, typer.Option(help="Comma-separated minutes for the growth curve ('' to skip).")
+    ] = "",
     growth_dir: Annotated[Path, typer.Option(help="Where synthetic videos are cached.")] = Path(
         "/tmp/dfd-bench-videos"
     ),
     torch_threads: Annotated[int, typer.Option(help="torch.set_num_threads (0: default).")] = 0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures as JSON.")
+    ] = None,
 ) -> None:
     """Per-stage time, frames sampled versus frames in the video, peak RSS; growth over length.
 
@@ -200,21 +236,37 @@ def analyze(
 
     chosen = [str(v) for v in videos] if videos else [str(data / v) for v in DEFAULT_BENCH_VIDEOS]
     base = {
-        "model_dir": model_dir, "backend": backend, "max_frames": max_frames,
-        "galleries": galleries, "torch_threads": torch_threads,
+        "model_dir": model_dir,
+        "backend": backend,
+        "max_frames": max_frames,
+        "galleries": galleries,
+        "torch_threads": torch_threads,
         "warmup": str(data / "faces" / "fr_obama_small.jpg"),
     }
     figures: dict[str, Any] = {"videos": _run_isolated(_analyze_worker, {**base, "videos": chosen})}
     table = Table(title=f"dfd analyze per video (max {max_frames} frames per shot)")
-    cols = ("video", "s", "s/video-s", "frames sampled/total", "shots", "faces", "where the time goes")
+    cols = (
+        "video",
+        "s",
+        "s/video-s",
+        "frames sampled/total",
+        "shots",
+        "faces",
+        "where the time goes",
+    )
     for col in cols:
-        table.add_column(col, justify="left" if col in ("video", "where the time goes") else "right")
+        table.add_column(
+            col, justify="left" if col in ("video", "where the time goes") else "right"
+        )
     for row in figures["videos"]["rows"]:
         stages = sorted(row["timings"].items(), key=lambda kv: -kv[1])[:3]
         table.add_row(
-            row["video"], f"{row['seconds']:.1f}",
+            row["video"],
+            f"{row['seconds']:.1f}",
             f"{row['seconds'] / (row['duration_s'] or 1):.2f}",
-            f"{row['frames_sampled']}/{row['frames_in_video']}", str(row["shots"]), str(row["faces"]),
+            f"{row['frames_sampled']}/{row['frames_in_video']}",
+            str(row["shots"]),
+            str(row["faces"]),
             ", ".join(f"{k} {v:.1f}s" for k, v in stages),
         )
     out_console.print(table)
@@ -223,11 +275,14 @@ def analyze(
     total_video = sum(r["duration_s"] or 0 for r in v["rows"])
     out_console.print(
         f"total {total_s:.1f} s for {total_video:.1f} s of video "
-        f"({total_s / max(total_video, 1e-9):.2f} s per video-second); model load {v['load_s']:.1f} s; "
+        f"({total_s / max(total_video, 1e-9):.2f} s per video-second); "
+        f"model load {v['load_s']:.1f} s; "
         f"RSS after load {v['rss_loaded_mb']:.0f} MB, peak {v['peak_rss_mb']:.0f} MB"
     )
     if growth:
-        sources = [data / p for p in DEFAULT_BENCH_VIDEOS] + [data / "videos" / "liveportrait_d12.mp4"]
+        sources = [data / p for p in DEFAULT_BENCH_VIDEOS] + [
+            data / "videos" / "liveportrait_d12.mp4"
+        ]
         curve = []
         for minutes in (float(m) for m in growth.split(",")):
             path = growth_dir / f"synthetic_{minutes:g}min_720p.mp4"
@@ -244,8 +299,12 @@ def analyze(
         for c in curve:
             row = c["rows"][0]
             g.add_row(
-                f"{c['minutes']:g}", f"{row['seconds']:.1f}", str(row["shots"]),
-                str(row["frames_sampled"]), f"{c['peak_rss_mb']:.0f}", f"{c['peak_rss_mb'] / first:.2f}",
+                f"{c['minutes']:g}",
+                f"{row['seconds']:.1f}",
+                str(row["shots"]),
+                str(row["frames_sampled"]),
+                f"{c['peak_rss_mb']:.0f}",
+                f"{c['peak_rss_mb'] / first:.2f}",
             )
         out_console.print(g)
     if json_out is not None:
@@ -389,7 +448,7 @@ def serve(
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     analysis = AnalysisSettings(
-        inference=InferenceSettings(model_dir=model_dir, backend=backend),  # type: ignore[arg-type]
+        inference=InferenceSettings.model_validate({"model_dir": model_dir, "backend": backend}),
         shot_workers=4,
     )
     base_deployments = DeploymentsConfig()
@@ -487,3 +546,64 @@ def serve(
     out_console.print(over)
     if json_out is not None:
         json_out.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+@app.command("evaluate")
+@cli_errors
+def evaluate(
+    videos: Annotated[int, typer.Option(help="Clips to score (cut from shared/data).")] = 50,
+    clip_s: Annotated[float, typer.Option(help="Length of each clip, seconds.")] = 4.0,
+    data: Annotated[Path, typer.Option(help="The shared test media folder.")] = Path(
+        "../shared/data"
+    ),
+    work: Annotated[
+        Path | None, typer.Option(help="Folder for clips and runs (default: a temp folder).")
+    ] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model directory (default: the user's).")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    actors: Annotated[int, typer.Option(help="Model actors in the pool.")] = 2,
+    cpus_per_actor: Annotated[float, typer.Option(help="Logical CPUs per actor.")] = 0.5,
+    max_frames: Annotated[int, typer.Option(help="Frames per shot for faces.")] = 16,
+    sequential: Annotated[bool, typer.Option(help="Also time the plain loop.")] = True,
+    loop_threads: Annotated[
+        int, typer.Option(help="torch threads of the plain loop (0: torch's default).")
+    ] = 0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures as JSON.")
+    ] = None,
+) -> None:
+    """Evaluation runs: videos/min of the Ray Data actor pool against a plain sequential loop
+    over the same videos and models, and driver/worker memory as rows stream."""
+    from dfd.evaluate_cmd import bench_evaluate
+
+    bench_evaluate(
+        videos, clip_s, data, work, model_dir, backend, device, actors, cpus_per_actor,
+        max_frames, sequential, loop_threads, json_out,
+    )  # fmt: skip
+
+
+@app.command("attack")
+@cli_errors
+def attack(
+    presets: Annotated[str, typer.Option(help="Comma-separated: tiny, paper ('' for none).")] = (
+        "tiny,paper"
+    ),
+    model_dir: Annotated[Path | None, typer.Option(help="Also bench this model dir.")] = None,
+    faces: Annotated[int, typer.Option(help="Faces per timed attack call.")] = 4,
+    norm: Annotated[str, typer.Option(help="inf, 1 or 2.")] = "inf",
+    eps: Annotated[float, typer.Option(help="PGD budget.")] = 0.2,
+    max_iter: Annotated[int, typer.Option(help="PGD iterations (paper: 5).")] = 5,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    torch_threads: Annotated[int, typer.Option(help="torch.set_num_threads (0: default).")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write figures as JSON.")] = None,
+) -> None:
+    """Attacked faces per second per actor (PGD through the whole ensemble, then re-scoring),
+    with small (tiny preset) and full-size (paper preset, untrained) models."""
+    from dfd.attack_cmd import bench_attack
+
+    settings = {"norm": norm, "eps": eps, "max_iter": max_iter, "batch_size": max(faces, 1)}
+    chosen = [p for p in presets.split(",") if p]
+    bench_attack(chosen, model_dir, faces, settings, device, torch_threads, json_out)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dfd import analyze_cmd, bench, models_cmd, serve_cmd
+from dfd import analyze_cmd, bench, evaluate_cmd, models_cmd, serve_cmd
 from dfd.common import cli_errors, err_console, out_console, setup_logging
 from dfd.version import __version__
 
@@ -21,9 +21,13 @@ app = typer.Typer(
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(bench.app, name="bench")
 app.command("analyze")(analyze_cmd.analyze)
+app.command("attack")(__import__("dfd.attack_cmd", fromlist=["attack"]).attack)
 app.add_typer(serve_cmd.keys_app, name="keys")
 app.command("serve")(serve_cmd.serve_command)
 app.command("submit")(serve_cmd.submit_command)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("report")(evaluate_cmd.report)
+app.command("model-card")(evaluate_cmd.model_card)
 
 
 def _version(value: bool) -> None:
@@ -48,7 +52,9 @@ def score_faces(
     images: Annotated[list[Path], typer.Argument(help="Face crops (JPEG, PNG, WebP, BMP).")],
     model_dir: models_cmd.ModelDirOpt = None,
     backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores as JSON.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the scores as JSON.")
+    ] = None,
 ) -> None:
     """Score pre-cropped face images with the ensemble (no face detection)."""
     from pipeline.media import load_image

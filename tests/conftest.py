@@ -19,6 +19,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """One intra-op thread in the test process and its subprocesses.
+
+    Tests share two cores with Ray workers and subprocesses; with torch's default of one thread
+    per core, oversubscribed OpenMP spin-waits made MTCNN 5-15x slower here. One thread keeps
+    test times predictable; benchmarks (``dfd bench``) use the defaults.
+    """
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

@@ -49,7 +49,8 @@ class MemberInfo:
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    # exp(-logaddexp(0, -x)) is 1 / (1 + exp(-x)) without overflow for large |x|.
+    return np.exp(-np.logaddexp(0.0, -x.astype(np.float64)))
 
 
 class Member:

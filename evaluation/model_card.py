@@ -1,0 +1,419 @@
+"""The model card (Mitchell et al. 2019), rendered from the model manifest and the latest report.
+
+Paper section 3.4: the service documents itself in a model card with its intended use, caveats
+and recommendations for non-expert readers, and its evaluation on three datasets with the metrics
+explained. The sections here are Mitchell et al.'s: model details, intended use, factors, metrics,
+evaluation data, training data, quantitative analyses, ethical considerations, caveats and
+recommendations, plus the versions everything refers to.
+
+Nothing in a card is written by hand for a given model: members, versions and weights come from
+the manifest (``<model dir>/manifest.json``), figures from a report's ``metrics.json`` (written
+by ``dfd report``). The card says plainly when members run untrained, when figures are missing,
+and when the figures were measured with other models than the ones the manifest now lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from batch.evaluate import expected_model_infos, models_digest
+from dfd.version import __version__
+from evaluation.report import (
+    DASH,
+    DATASET_NAMES,
+    REPORT_JSON,
+    RunMetrics,
+    Table,
+    compute_run_metrics,
+    load_report,
+    pct,
+    render_html,
+    render_markdown,
+    table1,
+    table2,
+)
+from pipeline.errors import ConfigError, DfdError
+from pipeline.models import InferenceSettings, MemberInfo
+from pipeline.models.manifest import Manifest, resolve_model_dir
+from pipeline.result import SCHEMA_VERSION, ScoreBands
+
+CardFormat = Literal["markdown", "html"]
+
+PAPER = (
+    "S. Baxevanakis, G. Kordopatis-Zilos, P. Galopoulos, L. Apostolidis, K. Levacher, "
+    "I. B. Schlicht, D. Teyssou, I. Kompatsiaris, S. Papadopoulos: The MeVer DeepFake "
+    "Detection Service: Lessons Learnt from Developing and Deploying in the Wild (MAD '22)"
+)
+
+
+def find_report(path: Path) -> Path | None:
+    """The newest ``metrics.json`` at ``path`` (a report folder, the file itself, or a folder
+    holding report folders up to two levels down); None when there is none."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        return None
+    candidates = [
+        *path.glob(REPORT_JSON),
+        *path.glob(f"*/{REPORT_JSON}"),
+        *path.glob(f"*/*/{REPORT_JSON}"),
+    ]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def _figures(report: Path | None) -> tuple[list[RunMetrics], str]:
+    """Runs to show and where they came from ('' when there are none)."""
+    if report is None:
+        return [], ""
+    report = Path(report)
+    if (report / "run.json").is_file():  # a run folder: compute its figures now
+        return [compute_run_metrics(report, n_boot=200)], f"run {report}"
+    found = find_report(report)
+    if found is None:
+        return [], ""
+    runs, payload = load_report(found)
+    return runs, f"report {found.parent} ({payload.get('generated_at', '?')[:16]})"
+
+
+def _members_table(manifest: Manifest, infos: Sequence[MemberInfo]) -> Table:
+    weights = {i.name: i for i in infos}
+    rows = []
+    for spec in manifest.members:
+        if spec.name not in weights:
+            continue
+        info = weights[spec.name]
+        rows.append(
+            [
+                spec.name,
+                spec.architecture + (f" ({spec.head.position} positions)" if spec.head else ""),
+                spec.backbone,
+                f"{spec.input_size} px",
+                spec.version,
+                "TRAINED" if info.weights == "trained" else "UNTRAINED (random init)",
+                info.trained_on,
+                spec.licence,
+                (info.sha256 or DASH)[:12],
+            ]
+        )
+    return Table(
+        [
+            "member",
+            "architecture",
+            "backbone",
+            "input",
+            "version",
+            "weights",
+            "trained on",
+            "licence",
+            "sha256",
+        ],
+        rows,
+        caption="Ensemble members (paper 3.2): probabilities averaged",
+    )
+
+
+def _sections(
+    manifest: Manifest,
+    infos: Sequence[MemberInfo],
+    runs: Sequence[RunMetrics],
+    source: str,
+    model_dir: Path,
+) -> list[tuple[str, Any]]:
+    untrained = [i.name for i in infos if i.weights != "trained"]
+    current = models_digest(infos)
+    measured = sorted({d for r in runs for d in r.models_digests})
+    bands = ScoreBands()
+    sizes = "/".join(str(s) for s in sorted({i.input_size for i in infos}))
+    items: list[tuple[str, Any]] = [
+        ("h1", "Model card: DeepFake detection service"),
+        (
+            "p",
+            f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from the model manifest "
+            f"{model_dir / 'manifest.json'}"
+            + (f" and the {source}." if source else "; no evaluation report was given."),
+        ),
+    ]
+    if untrained:
+        items.append(
+            (
+                "warn",
+                f"{len(untrained)} of {len(infos)} detectors have NO TRAINED WEIGHTS "
+                f"({', '.join(untrained)}): they run from random initialisation, so the "
+                "service's scores carry no information about manipulation. Import trained "
+                "weights with `dfd models import` before relying on any score.",
+            )
+        )
+    if not runs:
+        items.append(
+            (
+                "warn",
+                "Evaluation figures are MISSING: no report was found, so this card states no "
+                "accuracy at all. Run `dfd evaluate` on a dataset and `dfd report` on the run.",
+            )
+        )
+    elif current not in measured:
+        items.append(
+            (
+                "warn",
+                f"The figures below were measured with model set(s) {', '.join(measured)}, not "
+                f"with the models the manifest now lists ({current}): they do not describe the "
+                "current models. Re-run the evaluation.",
+            )
+        )
+
+    # -- Model details
+    items += [
+        ("h2", "Model details"),
+        (
+            "list",
+            [
+                f"Service version {__version__} (x.y.z as in paper 5.3); result schema "
+                f"{SCHEMA_VERSION}; ensemble version {manifest.ensemble_version}; models "
+                f"digest {current}.",
+                "Type: a pipeline, not a single network (paper 3.1): shot segmentation, MTCNN "
+                "face detection (square boxes enlarged 1.3x, at most 64 frames per shot), face "
+                "tracks (graph of face similarity, connected components, small tracks dropped), "
+                f"an ensemble of {len(infos)} detectors on face crops resized to "
+                f"{sizes} px (the paper: 300), and aggregation "
+                "(track = mean of its faces, shot = max of its tracks, video = max of its shots; "
+                "image = max over faces).",
+                f"Method: {PAPER}. This is an open re-implementation; the paper's weights are "
+                "private and are not part of it.",
+                "Licence: Apache-2.0 (code); each member's weights carry the licence listed below.",
+            ],
+        ),
+        ("table", _members_table(manifest, infos)),
+    ]
+
+    # -- Intended use
+    items += [
+        ("h2", "Intended use"),
+        (
+            "list",
+            [
+                "Primary use: help experts (researchers in DeepFake detection, media "
+                "verification professionals, journalists with technical experience) judge "
+                "whether the faces in a video or image were manipulated, as one signal among "
+                "others (paper 3.4).",
+                "Output: a DeepFake probability per face, face track, shot and medium, with "
+                f"plain-language bands (below {bands.real_below:.2f}: likely real; from "
+                f"{bands.manipulated_from:.2f}: likely manipulated; between: uncertain).",
+                "Out of scope: the sole basis of a decision about a person; legal evidence; "
+                "automatic moderation without human review; manipulations that do not change "
+                "a face (audio, lip-sync on the real face may be missed, edits of the scene); "
+                "identifying people.",
+            ],
+        ),
+    ]
+
+    # -- Factors
+    items += [
+        ("h2", "Factors"),
+        (
+            "list",
+            [
+                "Manipulation type: identity swaps (FaceSwap, DeepFakes) are detected far better "
+                "than expression swaps (NeuralTextures, Face2Face) in the paper (Table 2).",
+                "Source and quality: compression, resolution, face size, pose, occlusion and "
+                "lighting change the crops the detectors see; FF++ is scored per compression "
+                "level.",
+                "Generator novelty: fakes from methods absent from the training data are "
+                "harder (paper 4.2.1: a 13-point BA drop on FF++ against CelebDF and WDF).",
+                "Demographic groups: NOT evaluated here; the datasets carry no such labels, so "
+                "no claim about equal performance across groups can be made.",
+                "Adversarial perturbations: see Ethical considerations.",
+                "Evaluation factors reported below: dataset and manipulation method.",
+            ],
+        ),
+    ]
+
+    # -- Metrics
+    items += [
+        ("h2", "Metrics"),
+        (
+            "list",
+            [
+                "Balanced accuracy (BA): the mean of the recall on fakes and on reals, 0-100% "
+                "(higher is better), chosen because the datasets are imbalanced (paper 4.1.2). "
+                "A medium is called fake when its score >= the threshold: 0.5, and a threshold "
+                "chosen on a validation split where one was evaluated.",
+                "AUC: area under the ROC curve, 0-1 (higher is better; 0.5 is chance), "
+                "independent of any threshold.",
+                "Uncertainty: 95% stratified bootstrap intervals at video level; none at frame "
+                "level (faces of one video are not independent).",
+                "Videos that fail or show no face are excluded and counted; never scored 0.5.",
+            ],
+        ),
+    ]
+
+    # -- Evaluation data
+    items.append(("h2", "Evaluation data"))
+    if runs:
+        rows = []
+        for r in runs:
+            overall = [g for g in r.video.rows if g.group.get("manipulation") == "all"]
+            for g in overall:
+                d = g.group["dataset"]
+                rows.append(
+                    [
+                        r.name,
+                        DATASET_NAMES.get(d, d),
+                        r.evaluated_on,
+                        str(g.n_real),
+                        str(g.n_fake),
+                        str(g.n_excluded),
+                    ]
+                )
+        items.append(
+            (
+                "table",
+                Table(
+                    ["run", "dataset", "rows", "real", "fake", "excluded (no face or error)"],
+                    rows,
+                    caption="Datasets of the figures below (official layouts and splits)",
+                ),
+            )
+        )
+    else:
+        items.append(("p", "Missing: no evaluation report."))
+
+    # -- Training data
+    trained_on = sorted({i.trained_on for i in infos if i.weights == "trained"})
+    items += [
+        ("h2", "Training data"),
+        (
+            "list",
+            [
+                f"{i.name}: "
+                + (i.trained_on if i.weights == "trained" else "none (random initialisation)")
+                for i in infos
+            ]
+            + (
+                ["As recorded in the manifest when the weights were imported."]
+                if trained_on
+                else ["No member has trained weights."]
+            ),
+        ),
+    ]
+
+    # -- Quantitative analyses
+    items.append(("h2", "Quantitative analyses"))
+    if runs:
+        items.append(("table", table1(runs)))
+        t2 = table2(runs)
+        if t2 is not None:
+            items.append(("table", t2))
+        for r in runs:
+            if r.threshold is not None and r.video_at_threshold is not None:
+                at_t = next(
+                    (x for x in r.video_at_threshold.rows if x.group.get("manipulation") == "all"),
+                    None,
+                )
+                if at_t is not None:
+                    items.append(
+                        (
+                            "p",
+                            f"{r.name}: BA at the validation-chosen threshold "
+                            f"{r.threshold:.3f} = {pct(at_t.balanced_accuracy)}.",
+                        )
+                    )
+    else:
+        items.append(
+            (
+                "p",
+                "Missing: no figures. The paper's own service reported BA 70.31% / AUC 0.7705 "
+                "on FaceForensics++, 82.75% / 0.9259 on CelebDF and 84.94% / 0.9373 on "
+                "WildDeepFake with its private weights; those numbers do not describe this "
+                "installation.",
+            )
+        )
+
+    # -- Ethical considerations
+    items += [
+        ("h2", "Ethical considerations"),
+        (
+            "list",
+            [
+                "Adversarial robustness: with white-box access, a PGD attack brings the paper's "
+                "ensemble to chance level (BA 50% under the norm-inf setting, paper Table 3). "
+                "Publishing weights makes such attacks easy; keep access controlled.",
+                "A false 'manipulated' can damage the reputation of a real person; a false "
+                "'real' can lend credibility to a fake. Communicate scores as probabilities.",
+                "Privacy: analysed media contain faces of identifiable people; the service "
+                "stores results and crops, which should be deleted when no longer needed.",
+                "Evaluation datasets show real people (actors, celebrities, YouTube subjects) "
+                "under the datasets' own licences and terms.",
+            ],
+        ),
+    ]
+
+    # -- Caveats and recommendations
+    caveats = [
+        "A score is a model's estimate, not proof; read it with the shot, track and face "
+        "views, and with other verification steps.",
+        "No face found means no score, not 'real'.",
+        "Expect lower accuracy on expression swaps and on generators newer than the training "
+        "data; expect lower accuracy on heavily compressed or small faces.",
+    ]
+    if untrained:
+        caveats.insert(0, "UNTRAINED members are loaded: scores are not meaningful (see above).")
+    if not runs:
+        caveats.insert(0, "No evaluation figures exist for these models: accuracy is unknown.")
+    items += [("h2", "Caveats and recommendations"), ("list", caveats)]
+
+    # -- Versions
+    items += [
+        ("h2", "Versions"),
+        (
+            "list",
+            [
+                f"service {__version__}; result schema {SCHEMA_VERSION}; ensemble "
+                f"{manifest.ensemble_version}; models digest {current}",
+                *(f"{i.name} {i.version} ({i.weights})" for i in infos),
+                *(
+                    f"figures: run {r.name}, service {', '.join(r.service_versions)}, models "
+                    f"{', '.join(r.models_digests)}"
+                    for r in runs
+                ),
+            ],
+        ),
+    ]
+    return items
+
+
+def render_model_card(
+    model_dir: Path | None = None,
+    report: Path | None = None,
+    *,
+    fmt: CardFormat = "markdown",
+) -> str:
+    """The model card as Markdown or a standalone HTML page.
+
+    Args:
+        model_dir: the model directory (default: the service's default one).
+        report: a report folder written by ``dfd report`` (or its ``metrics.json``), a folder
+            holding report folders (the newest is used), or a run folder (figures computed
+            now); None or nothing found: the card says the figures are missing.
+        fmt: ``"markdown"`` or ``"html"``.
+
+    Raises:
+        ConfigError: no manifest in ``model_dir``, or a report that cannot be read.
+    """
+    if fmt not in ("markdown", "html"):
+        raise ConfigError(f"model card format must be 'markdown' or 'html', got {fmt!r}")
+    directory = resolve_model_dir(model_dir)
+    manifest = directory.load()
+    try:
+        infos = expected_model_infos(InferenceSettings(model_dir=directory.root))
+    except DfdError as exc:
+        raise ConfigError(f"cannot describe the models in {directory.root}: {exc.detail}") from exc
+    runs, source = _figures(report)
+    items = _sections(manifest, infos, runs, source, directory.root)
+    base = Path.cwd()
+    if fmt == "html":
+        return render_html(items, base, "Model card: DeepFake detection service")
+    return render_markdown(items, base)
