@@ -199,7 +199,9 @@ def run_evaluate(
 
 
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders written by `dfd evaluate`.")],
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders written by `dfd evaluate` or `dfd attack`.")
+    ],
     out: Annotated[
         Path | None,
         typer.Option(help="Report folder (default: RUN/report for one run, else ./dfd-report)."),
@@ -221,7 +223,17 @@ def _report(
     runs: list[Path], out: Path, names: list[str] | None, val_run: Path | None, n_boot: int
 ) -> None:
     from evaluation.report import table1, table2, write_report
+    from evaluation.robustness import is_attack_run, render_robustness_report
 
+    # Attack runs (`dfd attack`) get the robustness report (paper Table 3 layout) beside it.
+    attacks = [r for r in runs if is_attack_run(r)]
+    runs = [r for r in runs if not is_attack_run(r)]
+    if attacks:
+        with err_console.status("computing robustness figures"):
+            robust = render_robustness_report(attacks, out / "robustness")
+        out_console.print(f"robustness report: {robust.markdown}\n                   {robust.html}")
+    if not runs:
+        return
     with err_console.status("computing metrics"):
         files = write_report(runs, out, names=names, n_boot=n_boot, val_run=val_run)
     for run in files.runs:
