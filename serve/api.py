@@ -51,6 +51,7 @@ from starlette.datastructures import UploadFile
 
 from dfd.version import __version__
 from pipeline.download import normalise_url
+from pipeline.errors import DfdError
 from pipeline.media import IMAGE_FORMATS, VIDEO_FORMATS, sniff_format
 from pipeline.result import SCHEMA_VERSION
 from serve.auth import KeyStore, RateLimiter
@@ -716,21 +717,41 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     @app.get("/v1/model-card", tags=["service"])
     async def model_card(_: Caller) -> dict[str, Any]:
-        """Placeholder until the evaluation runs publish the model card (paper 3.4)."""
+        """The model card (paper 3.4; Mitchell et al.) from the manifest and the latest report.
+
+        ``markdown`` holds the card; it says plainly when weights are untrained or figures are
+        missing. If it cannot be rendered, ``status`` is ``placeholder`` and ``detail`` says why.
+        """
+        from evaluation.model_card import render_model_card
+
         info: dict[str, Any] = {}
         with contextlib.suppress(Exception):
             info = await asyncio.wait_for(ctx.runner.describe(), timeout=5)
-        return {
-            "status": "placeholder",
-            "detail": (
-                "This is a placeholder: the model card (paper section 3.4) is generated from "
-                "evaluation runs (balanced accuracy, AUC per dataset) by the evaluation issue and "
-                "has not been published for this deployment. Until then this page only lists "
-                "the deployed models and whether their weights are trained."
-            ),
+        base = {
             "service_version": __version__,
             "models": info.get("models"),
             "warnings": info.get("warnings", []),
+        }
+        report = ctx.config.model_card_report
+        try:
+            markdown = await asyncio.to_thread(
+                render_model_card, ctx.config.analysis.inference.model_dir, report
+            )
+        except DfdError as exc:
+            return {
+                "status": "placeholder",
+                "detail": f"This is a placeholder: the model card could not be rendered "
+                f"({exc.detail}).",
+                **base,
+            }
+        source = (
+            f"the report in {report.name}" if report else "no evaluation report (figures missing)"
+        )
+        return {
+            "status": "generated",
+            "detail": f"Rendered from the model manifest and {source}.",
+            **base,
+            "markdown": markdown,
         }
 
     @app.post(

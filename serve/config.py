@@ -308,6 +308,9 @@ class ServiceConfig(_Model):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: The analysis (paper 3.1 numbers); shots are processed in parallel in the service.
     analysis: AnalysisSettings = AnalysisSettings(shot_workers=4)
+    #: A report folder written by ``dfd report`` (or a folder of them, newest used): the model
+    #: card at ``/v1/model-card`` takes its figures from there; ``None``: figures missing.
+    model_card_report: Path | None = None
     deployments: DeploymentsConfig = DeploymentsConfig()
 
     @model_validator(mode="after")

@@ -433,7 +433,8 @@ def test_health_metrics_version_docs(
         version = http.get("/v1/version").json()
         assert version["service_version"] and len(version["models"]) == 5
         card = http.get("/v1/model-card").json()
-        assert card["status"] == "placeholder" and "placeholder" in card["detail"]
+        assert card["status"] == "generated", card
+        assert "Model details" in card["markdown"] and "figures missing" in card["detail"]
         assert http.get("/docs").status_code == 200
         spec = http.get("/openapi.json").json()
         assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result"} <= set(spec["paths"])
