@@ -63,7 +63,7 @@ class EvaluationConfig(BaseModel):
     max_task_retries: int = Field(1, ge=0)
     #: Give memory freed by each video back to the OS (glibc ``malloc_trim``): keeps a long
     #: run's workers flat instead of growing with heap fragmentation (measured: see
-    #: :func:`batch.evaluate.release_free_memory`).
+    #: :func:`pipeline.memory.release_free_memory`).
     trim_memory: bool = True
     #: Predictions are written in parts of at most this many rows, or every ``flush_s`` seconds:
     #: what a crash can lose, and what a resumed run redoes.

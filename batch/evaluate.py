@@ -26,7 +26,6 @@ never a crash and never a neutral score; a video without any face gets no score 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import hashlib
@@ -49,6 +48,7 @@ import pyarrow.parquet as pq
 from batch.datasets import VideoRow, iter_face_sequence, read_dataset
 from dfd.version import __version__
 from pipeline.errors import CheckpointError, ConfigError, DfdError, UntrainedWeightsError
+from pipeline.memory import release_free_memory
 
 if TYPE_CHECKING:
     from batch.config import EvaluationConfig
@@ -249,27 +249,6 @@ def _rss_mb() -> float:
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None off glibc (macOS, musl)."""
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def release_free_memory() -> None:
-    """Hand memory freed by the last video back to the OS.
-
-    Measured here (``dfd bench evaluate``, 3 passes over 50 clips in one process): without it a
-    scorer's RSS climbed 1.3 -> 2.5 GB with a constant count of Python objects, the frames and
-    crops of each video (varied sizes) leaving glibc's heap fragmented; calling
-    ``malloc_trim(0)`` after each video kept it at 1.2 GB on every pass.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
 def _worker_id() -> str:
     """``host:pid`` of this process: which actor scored a row."""
     return f"{socket.gethostname()}:{os.getpid()}"

@@ -36,6 +36,7 @@ from pipeline.download import DownloadSettings, fetch
 from pipeline.errors import CorruptMediaError, MissingFileError, TooLargeError
 from pipeline.faces import Detection, FaceSettings, crop, select_frame_times
 from pipeline.media import DEFAULT_MAX_PIXELS, MediaInfo, iter_frames, load_image, probe
+from pipeline.memory import release_free_memory
 from pipeline.models import InferenceSettings
 from pipeline.result import (
     ClusterResult,
@@ -424,6 +425,8 @@ class Analyzer:
             state = states.pop(shot_idx)
             if executor is None:
                 results[shot_idx] = self._finish_shot(state, sink, prefix, timer)
+                del state
+                release_free_memory()  # a long video must not need more RAM than a short one
                 done_shots += 1
                 report("scoring", done_shots, len(shots))
                 return
