@@ -22,20 +22,6 @@ from pipeline.errors import CheckpointError
 from pipeline.faces import FaceDetector, FaceSettings, select_frame_times
 from tests.support.videos import ClipSpec, read_frames_at, side_by_side, video_info
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread for this module's torch work, restored afterwards.
-
-    On the shared 2-core test machines, torch's OpenMP workers spin against other processes:
-    MTCNN on 32 frames took 7 to 26 s with 2 threads and 1.6 s with 1 (measured).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------------------------
 # Graph rules (unit)
 
