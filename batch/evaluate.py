@@ -95,6 +95,7 @@ PREDICTION_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("elapsed_s", pa.float64()),
     ("finished_at", pa.timestamp("us", tz="UTC")),
     ("worker", pa.string()),  # host:pid of the actor
+    ("node", pa.string()),  # the Ray node of the actor (null outside Ray)
     ("worker_rss_mb", pa.float64()),  # the actor's resident memory after this row
 )
 
@@ -267,10 +268,12 @@ class RowScorer:
         threshold: float = 0.5,
         per_face: bool = True,
         trim_memory: bool = True,
+        node: str | None = None,
     ) -> None:
         from pipeline.analyze import Analyzer
 
         self.models = models
+        self.node = node
         self.trim_memory = trim_memory
         self.settings = settings
         self.threshold = threshold
@@ -319,6 +322,7 @@ class RowScorer:
         record["elapsed_s"] = round(time.perf_counter() - t0, 4)
         record["finished_at"] = datetime.now(UTC)
         record["worker"] = _worker_id()
+        record["node"] = self.node
         if self.trim_memory:
             release_free_memory()
         record["worker_rss_mb"] = round(_rss_mb(), 1)
@@ -508,6 +512,7 @@ class VideoScorer:
     """
 
     def __init__(self, config_json: str) -> None:
+        import ray
         import torch
 
         from batch.config import EvaluationConfig
@@ -523,6 +528,7 @@ class VideoScorer:
             threshold=config.threshold,
             per_face=config.per_face,
             trim_memory=config.trim_memory,
+            node=ray.get_runtime_context().get_node_id(),
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -331,14 +331,14 @@ def _serve_round(
 
     import httpx
 
-    def one(_: int) -> tuple[float, float, str]:
+    def one(_: int) -> tuple[float, float, str, str]:
         with httpx.Client(base_url=base, timeout=600) as http:
             t0 = time.perf_counter()
             r = http.post(
                 "/v1/jobs", params={"force": "true"}, files={"file": (name, image, "image/jpeg")}
             )
             if r.status_code != 202:
-                return float("nan"), time.perf_counter() - t0, f"http {r.status_code}"
+                return float("nan"), time.perf_counter() - t0, f"http {r.status_code}", ""
             job_id = r.json()["id"]
             while True:
                 job = http.get(f"/v1/jobs/{job_id}").json()
@@ -346,7 +346,7 @@ def _serve_round(
                     created = datetime.fromisoformat(job["created_at"])
                     updated = datetime.fromisoformat(job["updated_at"])
                     server_s = (updated - created).total_seconds()
-                    return server_s, time.perf_counter() - t0, job["status"]
+                    return server_s, time.perf_counter() - t0, job["status"], job_id
                 time.sleep(poll_s)
 
     t0 = time.perf_counter()
@@ -363,6 +363,7 @@ def _serve_round(
         "p50_s": _percentile(latencies, 50),
         "p99_s": _percentile(latencies, 99),
         "client_p50_s": _percentile([o[1] for o in done], 50),
+        "job_ids": [o[3] for o in done],
     }
 
 
@@ -504,6 +505,7 @@ def serve(
             for c in levels:
                 jobs = max(min_jobs, c * jobs_per_client)
                 row = _serve_round(url, data, image.name, c, jobs, 0.1)
+                row.pop("job_ids")
                 row["batching"] = batching
                 figures["rounds"].append(row)
                 out_console.print(row)
@@ -607,3 +609,56 @@ def attack(
     settings = {"norm": norm, "eps": eps, "max_iter": max_iter, "batch_size": max(faces, 1)}
     chosen = [p for p in presets.split(",") if p]
     bench_attack(chosen, model_dir, faces, settings, device, torch_threads, json_out)
+
+
+@app.command("cluster")
+@cli_errors
+def cluster(
+    nodes: Annotated[str, typer.Option(help="Comma-separated node counts.")] = "1,2,3",
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model directory (default: the user's).")
+    ] = None,
+    image: Annotated[
+        Path | None, typer.Option(help="Image to submit (default: a face photo of ../shared/data).")
+    ] = None,
+    video: Annotated[
+        Path | None,
+        typer.Option(help="Video for the per-stage costs (default: one of ../shared/data)."),
+    ] = None,
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    cpus_per_node: Annotated[float, typer.Option(help="Logical CPUs each node declares.")] = 4,
+    jobs: Annotated[int, typer.Option(help="Image jobs per node count.")] = 24,
+    concurrency: Annotated[int, typer.Option(help="Concurrent clients.")] = 8,
+    runner_concurrency: Annotated[int, typer.Option(help="Jobs per runner replica.")] = 4,
+    gpu_speedup: Annotated[
+        float, typer.Option(help="Estimate: model stages this much faster on a GPU (assumed).")
+    ] = 15.0,
+    cpus_per_gpu_node: Annotated[
+        int, typer.Option(help="Estimate: cores per GPU node (g5.xlarge: 4).")
+    ] = 4,
+    estimate_gpus: Annotated[str, typer.Option(help="Estimate for these GPU counts.")] = "1,4,16",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures as JSON.")
+    ] = None,
+) -> None:
+    """Image jobs through the service on local Ray clusters of 1, 2, 3 nodes (each declaring
+    one GPU; one set of models per node): jobs/s and its ratio to one node, latency, seconds
+    per stage; then an estimate of videos per hour per GPU on a GPU cluster."""
+    from dfd.bench_cluster import bench_cluster
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    bench_cluster(
+        [int(n) for n in nodes.split(",")],
+        model_dir=model_dir,
+        image=image or shared / "faces" / "fr_two_people.jpg",
+        video=video or shared / "deepfake" / "ffpp_c23_634.mp4",
+        backend=backend,
+        cpus_per_node=cpus_per_node,
+        jobs=jobs,
+        concurrency=concurrency,
+        runner_concurrency=runner_concurrency,
+        gpu_speedup=gpu_speedup,
+        cpus_per_gpu_node=cpus_per_gpu_node,
+        estimate_gpus=[int(n) for n in estimate_gpus.split(",")],
+        json_out=json_out,
+    )

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dfd import analyze_cmd, bench, evaluate_cmd, models_cmd, serve_cmd
+from dfd import analyze_cmd, bench, evaluate_cmd, models_cmd, serve_cmd, status_cmd
 from dfd.common import cli_errors, err_console, out_console, setup_logging
 from dfd.version import __version__
 
@@ -25,6 +25,7 @@ app.command("attack")(__import__("dfd.attack_cmd", fromlist=["attack"]).attack)
 app.add_typer(serve_cmd.keys_app, name="keys")
 app.command("serve")(serve_cmd.serve_command)
 app.command("submit")(serve_cmd.submit_command)
+app.command("status")(status_cmd.status)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("report")(evaluate_cmd.report)
 app.command("model-card")(evaluate_cmd.model_card)

@@ -14,7 +14,7 @@ from pipeline.errors import DfdError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
 out_console = Console()
 
 

@@ -11,12 +11,13 @@ member) -> the ``JobRunner`` (claims jobs, runs the analysis over handles) -> th
 """
 
 import logging
-from typing import cast
+import os
+from typing import Any, cast
 
 from ray.serve import Application, Deployment
 
 from pipeline.models import resolve_model_dir
-from serve.config import ServiceConfig
+from serve.config import ServiceConfig, load_config
 from serve.deployments import (
     FaceDetectorDeployment,
     FaceEmbedderDeployment,
@@ -27,7 +28,13 @@ from serve.deployments import (
     model_aux_weights,
 )
 
-__all__ = ["APP_NAME", "build_app", "member_deployment_name", "model_deployment_names"]
+__all__ = [
+    "APP_NAME",
+    "build_app",
+    "build_app_from_env",
+    "member_deployment_name",
+    "model_deployment_names",
+]
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +113,15 @@ def build_app(config: ServiceConfig) -> Application:
         .options(**d.ingress.deployment_options(False))
         .bind(cfg, runner)
     )
+
+
+def build_app_from_env(args: dict[str, Any] | None = None) -> Application:
+    """The builder of clusters (``cluster.yaml``, the KubeRay ``RayService``): the YAML's
+    ``args`` (over ``$DFD_CONFIG`` if set), overridden by ``DFD_*`` variables of the environment
+    Serve builds the application in (the node's, or the application's ``runtime_env``). One
+    image and one Serve YAML then run anywhere; Redis, S3 and secrets come from the platform.
+
+    Raises:
+        ConfigError: invalid settings (the message names the field).
+    """
+    return build_app(load_config(base=args or {}, environ=os.environ))

@@ -72,6 +72,10 @@ class AutoscalingSettings(_Model):
     target_ongoing_requests: float = Field(2.0, gt=0)
     upscale_delay_s: float = Field(30.0, ge=0)
     downscale_delay_s: float = Field(600.0, ge=0)
+    #: The window over which ongoing requests are averaged, seconds (Ray's default).
+    look_back_period_s: float = Field(30.0, gt=0)
+    #: How often replicas and handles report them, seconds (Ray's default).
+    metrics_interval_s: float = Field(10.0, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingSettings:
@@ -393,6 +397,9 @@ class ServiceConfig(_Model):
         return bool(torch.cuda.is_available())
 
 
+_DEFAULTS = ServiceConfig()
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """``DFD_A__B=value`` -> ``{"a": {"b": value}}`` for top-level fields of ServiceConfig;
     values are parsed as YAML scalars/collections (``true``, ``2``, ``[a, b]``)."""
@@ -408,6 +415,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, dict | list) and not raw.lstrip().startswith(("{", "[")):
+            value = raw  # "dfd:" or "a: b" is a string here, not YAML's block mapping
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -418,10 +427,17 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, mapping by mapping. A mapping whose ``kind`` changes (storage:
+    local -> s3) replaces the old one: the other kind's fields would not validate."""
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        old = out.get(key)
+        if (
+            isinstance(value, Mapping)
+            and isinstance(old, dict)
+            and ("kind" not in value or "kind" not in old or value["kind"] == old["kind"])
+        ):
+            out[key] = _merge(old, value)
         else:
             out[key] = value
     return out
@@ -430,12 +446,14 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 def load_config(
     path: Path | None = None,
     *,
+    base: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> ServiceConfig:
-    """The configuration from a file, then ``DFD_*`` variables, then ``overrides`` (each wins
-    over the one before). ``path`` defaults to ``$DFD_CONFIG``; a file may be YAML or JSON and
-    may be a whole ``serve deploy`` config, whose first application's ``args`` are used.
+    """The configuration from a file, then ``base``, then ``DFD_*`` variables, then
+    ``overrides`` (each wins over the one before). ``path`` defaults to ``$DFD_CONFIG``; a file
+    may be YAML or JSON and may be a whole ``serve deploy`` config, whose first application's
+    ``args`` are used. ``base`` is, in a cluster, the ``args`` of the Serve YAML.
 
     Raises:
         ConfigError: unreadable file or invalid values (the message names the field).
@@ -455,10 +473,14 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of settings")
         data = loaded or {}
+    data = _merge(data, base or {})
     data = _merge(data, _env_overrides(env))
     data = _merge(data, overrides or {})
     try:
-        return ServiceConfig.model_validate(data)
+        # Over the service's own defaults, so that a partial section keeps the rest of the
+        # default it refines: `deployments: {members: {num_cpus: 1}}` must not reset the members'
+        # GPU fraction to the class default 0.0.
+        return ServiceConfig.model_validate(_merge(_DEFAULTS.model_dump(), data))
     except ValueError as exc:
         first = str(exc).strip().splitlines()
         raise ConfigError(f"invalid service config: {' '.join(first[:4])}") from exc

@@ -337,6 +337,15 @@ class JobRunnerDeployment:
     async def stats(self) -> dict[str, Any]:
         return self.worker.stats()
 
+    async def queue(self) -> dict[str, Any]:
+        """Jobs waiting and running in the store (all runners together), and this runner's
+        counters (``dfd status``)."""
+        store = self.worker.store
+        queued, running = await asyncio.gather(
+            asyncio.to_thread(store.count, "queued"), asyncio.to_thread(store.count, "running")
+        )
+        return {"queued": queued, "running": running, "runner": self.worker.stats()}
+
     async def placement(self) -> dict[str, Any]:
         return replica_placement()
 

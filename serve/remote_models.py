@@ -9,7 +9,11 @@ differs (``@serve.batch`` mixes requests), which moves scores by float rounding 
 
 Calls block (``DeploymentResponse.result()``): use this from worker threads, never from an event
 loop. Overload of a model deployment (its bounded queue is full) is waited out with backoff up
-to ``retry_timeout_s`` instead of failing the job at the first refusal.
+to ``retry_timeout_s`` instead of failing the job at the first refusal. A replica lost in the
+middle of a call (its node died, its process crashed) is a failed *step*: the call is sent again
+and Serve routes it to a live replica, or to the one it starts elsewhere, up to
+``max_replica_losses`` times per call, so that an input that kills every replica it reaches
+fails its job instead of the whole deployment.
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from pipeline.errors import ModelError
@@ -32,6 +41,11 @@ from pipeline.models import EnsemblePrediction, MemberInfo
 __all__ = ["ModelsDescription", "RemoteModels", "untrained_warning"]
 
 log = logging.getLogger(__name__)
+
+#: The deployment cannot take the request now: wait and send it again.
+_OVERLOADED = (BackPressureError, DeploymentUnavailableError)
+#: The replica that had the request is gone (node or process died): send it again.
+_REPLICA_LOST = (RayActorError, ReplicaUnavailableError, WorkerCrashedError, ObjectLostError)
 
 
 def untrained_warning(infos: Sequence[MemberInfo]) -> list[str]:
@@ -69,6 +83,7 @@ class RemoteModels:
         description: ModelsDescription,
         *,
         retry_timeout_s: float = 120.0,
+        max_replica_losses: int = 3,
     ) -> None:
         if len(members) != len(description.members):
             raise ValueError("one member info per member handle is needed")
@@ -83,6 +98,7 @@ class RemoteModels:
         self.has_embedder = description.has_embedder
         self.member_names = tuple(i.name for i in description.members)
         self._retry_timeout_s = retry_timeout_s
+        self._max_replica_losses = max_replica_losses
 
     @classmethod
     async def connect(
@@ -162,7 +178,7 @@ class RemoteModels:
     def _submit(method: Callable[[Any], Any], arg: Any) -> DeploymentResponse | None:
         try:
             response: DeploymentResponse = method(arg)
-        except (BackPressureError, DeploymentUnavailableError):
+        except _OVERLOADED:
             return None
         return response
 
@@ -171,13 +187,14 @@ class RemoteModels:
     ) -> Any:
         deadline = time.monotonic() + self._retry_timeout_s
         delay = 0.05
+        losses = 0
         while True:
             try:
                 if response is None:
                     response = method(arg)
                 assert response is not None
                 return response.result()
-            except (BackPressureError, DeploymentUnavailableError) as exc:
+            except _OVERLOADED as exc:
                 if time.monotonic() + delay > deadline:
                     raise ModelError(
                         f"a model deployment stayed overloaded for {self._retry_timeout_s:.0f} s; "
@@ -186,6 +203,18 @@ class RemoteModels:
                 log.info(
                     "model deployment busy (%s); retrying in %.2f s", type(exc).__name__, delay
                 )
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 2.0)
-                response = None
+            except _REPLICA_LOST as exc:
+                losses += 1
+                if losses > self._max_replica_losses or time.monotonic() + delay > deadline:
+                    raise ModelError(
+                        f"a model replica was lost {losses} times while answering this "
+                        f"request (last: {type(exc).__name__}); its node or process died"
+                    ) from exc
+                log.warning(
+                    "model replica lost (%s: %s); sending the request again",
+                    type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "",
+                )
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+            response = None

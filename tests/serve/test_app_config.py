@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from ray.serve._private.build_app import build_app as serve_build
 from ray.serve.schema import ServeDeploySchema
 
 from pipeline.errors import ConfigError
-from serve.app import APP_NAME, build_app, model_deployment_names
+from serve.app import APP_NAME, build_app, build_app_from_env, model_deployment_names
 from serve.config import (
     JobSettings,
     LocalStorageConfig,
@@ -63,11 +64,15 @@ def test_config_yaml_import_path_and_args_validate() -> None:
     assert app["name"] == APP_NAME
     module, _, attr = app["import_path"].partition(":")
     builder = getattr(importlib.import_module(module), attr)
-    assert builder is build_app
-    # Serve converts args to the model only when the annotation is the class itself.
+    assert builder is build_app_from_env
+    # Serve hands the args over as a mapping (the builder validates them itself, with the
+    # environment on top); build_app takes the validated model.
     (param,) = inspect.signature(builder).parameters.values()
+    assert "dict" in str(param.annotation)
+    (param,) = inspect.signature(build_app).parameters.values()
     assert param.annotation is ServiceConfig
     config = ServiceConfig.model_validate(app["args"])
+    assert load_config(base=app["args"], environ={}) == config
     assert config.redis_url and isinstance(config.storage, S3StorageConfig)
     assert config.deployments.model_gpu_total(5) <= 1.0
 
@@ -140,6 +145,41 @@ def test_load_config_from_file_and_environment(tmp_path: Path) -> None:
         load_config(environ={"DFD_JOBS__CONCURRENCY": "0"})
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml", environ={})
+    # A partial section refines the service's defaults instead of resetting them.
+    partial = load_config(environ={}, base={"deployments": {"members": {"num_cpus": 1}}})
+    assert partial.deployments.members.num_cpus == 1
+    assert partial.deployments.members.num_gpus == ServiceConfig().deployments.members.num_gpus > 0
+    assert partial.analysis.shot_workers == ServiceConfig().analysis.shot_workers
+    # Storage switched to S3 by variables keeps the file's other storage fields.
+    s3 = load_config(
+        environ={"DFD_STORAGE__KIND": "s3", "DFD_STORAGE__BUCKET": "bkt"},
+        base={"storage": {"prefix": "eu"}},
+    ).storage
+    assert isinstance(s3, S3StorageConfig) and (s3.bucket, s3.prefix) == ("bkt", "eu")
+    # A value with a colon stays a string (YAML would read "dfd:" as a mapping).
+    assert load_config(environ={"DFD_REDIS_PREFIX": "dfd-eu:"}).redis_prefix == "dfd-eu:"
+
+
+def test_cluster_builder_puts_environment_over_the_yaml_args(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve.app:build_app_from_env`` (cluster.yaml, KubeRay): one Serve YAML, the platform's
+    ``DFD_*`` variables on top."""
+    from ray.serve import Application
+
+    args = {
+        "home": str(tmp_path / "home"),
+        "redis_url": "redis://redis.internal:6379/0",
+        "jobs": {"concurrency": 3},
+        "analysis": {"inference": {"model_dir": str(model_dir)}},
+    }
+    monkeypatch.setenv("DFD_JOBS__CONCURRENCY", "5")
+    monkeypatch.setenv("DFD_REDIS_URL", "redis://127.0.0.1:6379/3")
+    assert load_config(base=args, environ=os.environ).jobs.concurrency == 5
+    assert isinstance(build_app_from_env(args), Application)
+    monkeypatch.setenv("DFD_JOBS__CONCURRENCY", "0")
+    with pytest.raises(ConfigError, match="jobs"):
+        build_app_from_env(args)
 
 
 def test_resolved_paths_and_validation(tmp_path: Path, model_dir: Path) -> None:

@@ -1,0 +1,269 @@
+"""``dfd bench cluster``: image jobs through the service on 1, 2, 3... Ray nodes of this machine,
+where the time goes, and an estimate of videos per hour per GPU on a real cluster.
+
+Every node declares the same CPUs and one GPU; with N nodes the application runs N replicas of
+the runner and of every model deployment (one set of models per GPU, as on a GPU cluster: the
+eight GPU fractions add up to 0.95, so Ray can place only one set per declared GPU). The nodes
+share this machine's cores, so absolute speed is capped by the cores: the ratios between node
+counts and the split of the time between stages are what the benchmark tells.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.table import Table
+
+from dfd.common import err_console, out_console
+
+#: Stages whose work runs on the model deployments (GPU on a GPU cluster). ``faces`` also holds
+#: the decoding of sampled frames (CPU), so the GPU side of the estimate is an upper bound.
+MODEL_STAGES = ("segmentation", "faces", "tracks", "scoring")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _config(
+    nodes: int, model_dir: Path | None, backend: str, runner_concurrency: int, home: Path
+) -> Any:
+    from pipeline.analyze import AnalysisSettings
+    from pipeline.models import InferenceSettings
+    from serve.config import AuthSettings, DeploymentsConfig, JobSettings, ServiceConfig
+
+    base = DeploymentsConfig()
+    per_node = {"num_replicas": nodes, "num_cpus": 0.25, "autoscaling": None}
+    deployments = base.model_copy(
+        update={
+            "ingress": base.ingress.model_copy(update={"num_replicas": 1, "num_cpus": 0.1}),
+            **{
+                name: getattr(base, name).model_copy(update=per_node)
+                for name in ("runner", "detector", "embedder", "features", "members")
+            },
+        }
+    )
+    analysis = AnalysisSettings(
+        inference=InferenceSettings.model_validate({"model_dir": model_dir, "backend": backend}),
+        shot_workers=4,
+    )
+    return ServiceConfig(
+        home=home,
+        auth=AuthSettings(mode="off", anonymous_rate_per_min=1_000_000),
+        jobs=JobSettings(concurrency=runner_concurrency, max_queued_jobs=100_000),
+        gpus="on",
+        analysis=analysis,
+        deployments=deployments,
+    ).resolved()
+
+
+def _stage_seconds(base: str, job_ids: Sequence[str]) -> dict[str, float]:
+    """Mean seconds per job of each analysis stage (the results' ``timings``)."""
+    totals: dict[str, float] = defaultdict(float)
+    with httpx.Client(base_url=base, timeout=60) as http:
+        for job_id in job_ids:
+            timings = http.get(f"/v1/jobs/{job_id}/result").json().get("timings", {})
+            for stage, seconds in timings.items():
+                totals[stage] += float(seconds)
+    n = max(len(job_ids), 1)
+    return {stage: s / n for stage, s in sorted(totals.items())}
+
+
+def _video_round(base: str, video: Path) -> dict[str, Any]:
+    """One video job (upload) on an idle service: its stage seconds, duration and shots."""
+    with httpx.Client(base_url=base, timeout=600) as http:
+        r = http.post(
+            "/v1/jobs",
+            params={"force": "true"},
+            files={"file": (video.name, video.read_bytes(), "video/mp4")},
+        )
+        r.raise_for_status()
+        job_id = r.json()["id"]
+        t0 = time.perf_counter()
+        while True:
+            job = http.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in ("done", "failed", "cancelled"):
+                break
+            time.sleep(0.2)
+        wall = time.perf_counter() - t0
+        if job["status"] != "done":
+            raise RuntimeError(f"the benchmark video failed: {job.get('error')}")
+        result = http.get(f"/v1/jobs/{job_id}/result").json()
+    return {
+        "video": str(video),
+        "duration_s": float(result["source"].get("duration_s") or 0.0),
+        "shots": len(result["shots"]),
+        "faces": int(result["faces_total"]),
+        "wall_s": wall,
+        "stages_s": dict(result["timings"]),
+    }
+
+
+def _placement() -> dict[str, dict[str, int]]:
+    from serve.app import APP_NAME
+    from serve.status import read_status
+
+    st = read_status(APP_NAME)
+    return {d.name: d.replicas_per_node() for d in st.deployments}
+
+
+def estimate(
+    video: dict[str, Any],
+    scaling: float,
+    gpu_speedup: float,
+    cpus_per_gpu_node: int,
+    gpus: Sequence[int],
+) -> list[dict[str, float]]:
+    """Videos per hour per GPU and for N GPUs, from one video's measured stage seconds.
+
+    Model stages are divided by ``gpu_speedup`` (GPU vs this CPU, an assumption the user
+    states); the other stages stay on the node's ``cpus_per_gpu_node`` cores, which work on that
+    many videos at once. A node's rate is set by the slower side; N GPUs multiply it by N times
+    ``scaling`` (the measured throughput of the largest local cluster over N x one node's).
+    """
+    stages = video["stages_s"]
+    model_s = sum(stages.get(s, 0.0) for s in MODEL_STAGES) / gpu_speedup
+    cpu_s = sum(v for s, v in stages.items() if s not in MODEL_STAGES)
+    per_video_s = max(model_s, cpu_s / max(cpus_per_gpu_node, 1), 1e-9)
+    per_gpu = 3600.0 / per_video_s
+    return [
+        {
+            "gpus": n,
+            "model_s_per_video": model_s,
+            "cpu_s_per_video": cpu_s,
+            "videos_per_hour_per_gpu": per_gpu * (scaling if n > 1 else 1.0),
+            "videos_per_hour": per_gpu * n * (scaling if n > 1 else 1.0),
+        }
+        for n in gpus
+    ]
+
+
+def bench_cluster(
+    node_counts: Sequence[int],
+    *,
+    model_dir: Path | None,
+    image: Path,
+    video: Path,
+    backend: str,
+    cpus_per_node: float,
+    jobs: int,
+    concurrency: int,
+    runner_concurrency: int,
+    gpu_speedup: float,
+    cpus_per_gpu_node: int,
+    estimate_gpus: Sequence[int],
+    json_out: Path | None,
+) -> dict[str, Any]:
+    from ray import serve
+
+    from dfd.bench import _serve_round
+    from dfd.localcluster import deploy, local_cluster
+    from serve.app import build_app
+
+    data = image.read_bytes()
+    figures: dict[str, Any] = {"image": str(image), "rounds": []}
+    for n in node_counts:
+        home = Path(tempfile.mkdtemp(prefix=f"dfd-bench-cluster-{n}-"))
+        cfg = _config(n, model_dir, backend, runner_concurrency, home)
+        with err_console.status(f"{n} node(s): starting Ray and deploying the service"):
+            t0 = time.perf_counter()
+            with local_cluster(n, cpus_per_node=cpus_per_node) as _:
+                try:
+                    base = deploy(build_app(cfg), _free_port())
+                    startup = time.perf_counter() - t0
+                    if n == min(node_counts):
+                        figures["video"] = _video_round(base, video)
+                    _serve_round(base, data, image.name, 2, 4, 0.05)  # warm-up
+                    row = _serve_round(base, data, image.name, concurrency, jobs, 0.1)
+                    row.update(
+                        nodes=n,
+                        startup_s=startup,
+                        stages_s=_stage_seconds(base, row.pop("job_ids")),
+                        placement=_placement(),
+                    )
+                finally:
+                    serve.shutdown()
+        figures["rounds"].append(row)
+        out_console.print(
+            f"{n} node(s): {row['jobs_per_s']:.2f} jobs/s, p50 {row['p50_s']:.2f} s "
+            f"({row['done']}/{row['jobs']} done)"
+        )
+    _report(figures, gpu_speedup, cpus_per_gpu_node, estimate_gpus)
+    if json_out is not None:
+        json_out.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    return figures
+
+
+def _report(
+    figures: dict[str, Any], gpu_speedup: float, cpus_per_gpu_node: int, gpus: Sequence[int]
+) -> None:
+    rounds = figures["rounds"]
+    first = rounds[0]
+    stages = sorted({s for r in rounds for s in r["stages_s"]})
+    table = Table(title=f"image jobs on local Ray clusters ({Path(figures['image']).name})")
+    for col in ("nodes", "jobs", "jobs/s", "vs 1 node", "p50 s", "p99 s", "start s"):
+        table.add_column(col, justify="right")
+    for s in stages:
+        table.add_column(f"{s} s", justify="right")
+    table.add_column("member replicas per node")
+    for r in rounds:
+        members = [v for k, v in r["placement"].items() if k.startswith("Member_")]
+        per_node: dict[str, int] = defaultdict(int)
+        for m in members:
+            for node, count in m.items():
+                per_node[node[:6]] += count
+        table.add_row(
+            str(r["nodes"]),
+            f"{r['done']}/{r['jobs']}",
+            f"{r['jobs_per_s']:.2f}",
+            f"{r['jobs_per_s'] / first['jobs_per_s']:.2f}",
+            f"{r['p50_s']:.2f}",
+            f"{r['p99_s']:.2f}",
+            f"{r['startup_s']:.0f}",
+            *(f"{r['stages_s'].get(s, 0.0):.3f}" for s in stages),
+            ", ".join(f"{k} x{v}" for k, v in sorted(per_node.items())),
+        )
+    out_console.print(table)
+    last = rounds[-1]
+    scaling = last["jobs_per_s"] / (last["nodes"] / first["nodes"] * first["jobs_per_s"])
+    figures["scaling_efficiency"] = scaling
+    video = figures.get("video")
+    if video is None:
+        return
+    out_console.print(
+        f"video {Path(video['video']).name}: {video['duration_s']:.1f} s, {video['shots']} "
+        f"shot(s), {video['faces']} faces, {video['wall_s']:.1f} s end to end; stage seconds "
+        + ", ".join(f"{k} {v:.2f}" for k, v in video["stages_s"].items())
+    )
+    rows = estimate(video, scaling, gpu_speedup, cpus_per_gpu_node, gpus)
+    figures["estimate"] = {
+        "gpu_speedup": gpu_speedup,
+        "cpus_per_gpu_node": cpus_per_gpu_node,
+        "scaling_efficiency": scaling,
+        "rows": rows,
+    }
+    est = Table(
+        title=f"estimate: model stages {gpu_speedup:g}x faster on a GPU than here (assumed), "
+        f"{cpus_per_gpu_node} cores per GPU node, scaling efficiency {scaling:.2f} (measured)"
+    )
+    for col in ("GPUs", "model s/video", "CPU s/video", "videos/h per GPU", "videos/h"):
+        est.add_column(col, justify="right")
+    for r in rows:
+        est.add_row(
+            str(r["gpus"]),
+            f"{r['model_s_per_video']:.2f}",
+            f"{r['cpu_s_per_video']:.2f}",
+            f"{r['videos_per_hour_per_gpu']:.0f}",
+            f"{r['videos_per_hour']:.0f}",
+        )
+    out_console.print(est)

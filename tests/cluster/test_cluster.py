@@ -1,0 +1,314 @@
+"""The service on a three-node Ray cluster (issue 8): placement with GPU fractions, jobs over
+HTTP with Redis and S3, ``dfd status``, autoscaling under a burst, a batch run spread over the
+nodes, and a node killed under a running video job.
+
+Tests run in file order and share one cluster; the node-kill test is last because it takes a node
+away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from batch.config import EvaluationConfig
+from batch.datasets import VideoRow
+from batch.evaluate import RunFolder, run_evaluation
+from serve.app import APP_NAME, member_deployment_name
+from serve.jobstore import RedisJobStore
+from serve.status import ClusterStatus, read_status
+from tests.cluster.conftest import GPU_FRACTIONS, NODES, RayCluster
+from tests.serve.conftest import analysis_settings, wait_for, wait_job
+from tests.support.httpserver import LoopbackServer, file_response
+
+pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.cluster]
+
+IMAGE = "faces/fr_two_people.jpg"
+VIDEOS = [
+    "deepfake/ffpp_c23_519.mp4",
+    "deepfake/ffpp_c23_634.mp4",
+    "deepfake/ffpp_c23_004.mp4",
+    "videos/fr_short_hamilton_clip.mp4",
+    "videos/sadtalker_WDA_AlexandriaOcasioCortez_000.mp4",
+    "videos/liveportrait_d12.mp4",
+]
+MODEL_GPU = {
+    "FaceDetector": GPU_FRACTIONS["detector"],
+    "FaceEmbedder": GPU_FRACTIONS["embedder"],
+    "RegionFeatures": GPU_FRACTIONS["features"],
+}
+
+
+@pytest.fixture(scope="module")
+def media(shared_data: Path) -> Any:
+    with LoopbackServer() as server:
+        urls = {
+            name: server.route(f"/media/{Path(name).name}", file_response(shared_data / name))
+            for name in VIDEOS
+        }
+        yield urls
+
+
+def member_names(st: ClusterStatus) -> list[str]:
+    return [d.name for d in st.deployments if d.name.startswith(member_deployment_name(""))]
+
+
+def submit(http: Any, url: str) -> str:
+    r = http.post("/v1/jobs", json={"url": url, "force": True})
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def test_every_model_deployment_is_placed_with_its_gpu_fraction(ray_cluster: RayCluster) -> None:
+    st = read_status(APP_NAME)
+    alive = {n.node_id for n in st.nodes if n.alive}
+    assert len(alive) == NODES
+    assert all(n.resources["GPU"] == 1.0 for n in st.nodes)
+    members = member_names(st)
+    assert len(members) == 5
+    expected = {**MODEL_GPU, **{m: GPU_FRACTIONS["members"] for m in members}}
+    used_nodes: set[str] = set()
+    for name, fraction in expected.items():
+        d = st.deployment(name)
+        # Members autoscale with a low test target: a few startup calls can already ask for more.
+        assert d.status in ("HEALTHY", "UPSCALING", "DOWNSCALING"), (name, d.message)
+        assert d.running >= 1
+        assert d.resources_per_replica["GPU"] == pytest.approx(fraction)
+        for r in d.replicas:
+            assert r.node_id in alive
+            used_nodes.add(str(r.node_id))
+    # Serve spreads replicas: the model deployments do not all sit on one node.
+    assert len(used_nodes) >= 2
+    # The job runner and the ingress ask for no GPU.
+    assert "GPU" not in st.deployment("JobRunner").resources_per_replica
+    assert "GPU" not in st.deployment("Ingress").resources_per_replica
+
+    # What each replica was given, asked of the replica itself.
+    from ray import serve
+
+    for name, fraction in expected.items():
+        placement = serve.get_deployment_handle(name, APP_NAME).placement.remote().result()
+        assert placement["resources"]["GPU"] == pytest.approx(fraction)
+        assert placement["gpu_ids"], name
+        assert placement["node_id"] in alive
+
+
+def test_dfd_status_reports_deployments_per_node(ray_cluster: RayCluster) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    address = ray_cluster.cluster.address
+    done = subprocess.run(
+        [sys.executable, "-m", "dfd", "status", "--address", address, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert len([n for n in report["nodes"] if n["alive"]]) == NODES
+    assert sum(n["head"] for n in report["nodes"]) == 1
+    by_name = {d["name"]: d for d in report["deployments"]}
+    assert {"Ingress", "JobRunner", *MODEL_GPU} <= set(by_name)
+    for name, fraction in MODEL_GPU.items():
+        d = by_name[name]
+        assert d["resources_per_replica"]["GPU"] == pytest.approx(fraction)
+        assert sum(d["replicas_per_node"].values()) == d["running"] >= 1
+        assert d["ongoing_requests"] is not None  # every replica answered
+    assert set(report["jobs"]) >= {"queued", "running", "runner"}
+
+    tables = subprocess.run(
+        [sys.executable, "-m", "dfd", "status", "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "COLUMNS": "200"},
+        check=False,
+    )
+    assert tables.returncode == 0, tables.stderr
+    assert "FaceDetector" in tables.stdout and "0.15" in tables.stdout
+    assert "queued" in tables.stdout
+
+
+def test_dfd_status_without_a_cluster_is_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dfd", "status", "--address", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().startswith("dfd: ")
+    assert "cannot connect to a Ray cluster at 127.0.0.1:1" in done.stderr
+
+
+def test_jobs_over_http_use_redis_and_s3(
+    ray_cluster: RayCluster, shared_data: Path, media: dict[str, str]
+) -> None:
+    with ray_cluster.client() as http:
+        image = shared_data / IMAGE
+        r = http.post(
+            "/v1/jobs",
+            files={"file": (image.name, image.read_bytes(), "image/jpeg")},
+            params={"force": "true"},
+        )
+        assert r.status_code == 202, r.text
+        image_job = r.json()["id"]
+        video_job = submit(http, media[VIDEOS[3]])
+        for job_id in (image_job, video_job):
+            job = wait_job(http, job_id, timeout=240)
+            assert job["status"] == "done", job
+        result = http.get(f"/v1/jobs/{video_job}/result").json()
+        assert result["shots"] and result["score"] is not None
+        gallery = result["shots"][0]["gallery"]
+        got = http.get(gallery)
+        assert got.status_code == 200 and got.content[:3] == b"\xff\xd8\xff"
+
+    # The jobs live in the real Redis, under this cluster's prefix.
+    store = RedisJobStore(ray_cluster.redis_url, prefix=ray_cluster.redis_prefix)
+    for job_id in (image_job, video_job):
+        assert store.get(job_id).status == "done"
+    # The artefacts are objects in the S3 bucket, not files of some node.
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=ray_cluster.s3_endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=ray_cluster.bucket)
+        for o in page.get("Contents", [])
+    ]
+    assert any(video_job in k and k.endswith(".jpg") for k in keys), keys[:20]
+    assert any(image_job in k for k in keys)
+
+
+def test_detector_deployments_scale_up_under_a_burst_and_back_down(
+    ray_cluster: RayCluster, media: dict[str, str]
+) -> None:
+    members = member_names(read_status(APP_NAME))
+    peak: dict[str, int] = dict.fromkeys(members, 0)
+    busiest: dict[str, int] = dict.fromkeys(members, 0)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            st = read_status(APP_NAME)
+            for m in members:
+                d = st.deployment(m)
+                peak[m] = max(peak[m], d.running)
+                busiest[m] = max(busiest[m], d.ongoing_requests or 0)
+            stop.wait(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with ray_cluster.client() as http:
+            jobs = [submit(http, media[v]) for v in VIDEOS * 2]
+            for job_id in jobs:
+                assert wait_job(http, job_id, timeout=600)["status"] == "done"
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+    scaled = [m for m in members if peak[m] >= 2]
+    assert scaled, f"no detector scaled up (replicas {peak}, ongoing requests {busiest})"
+
+    # Idle: back to min_replicas within the (short) downscale delay plus a few control loops.
+    def back_down() -> bool:
+        st = read_status(APP_NAME)
+        return all(
+            st.deployment(m).target_replicas == 1 and st.deployment(m).running == 1 for m in members
+        )
+
+    wait_for(back_down, timeout=120, interval=1.0)
+
+
+def test_batch_evaluation_spreads_its_actors_over_the_nodes(
+    ray_cluster: RayCluster, shared_data: Path, tmp_path: Path
+) -> None:
+    rows = [
+        VideoRow(Path(v).stem, str(shared_data / v), 0, "original", "test", "video")
+        for v in VIDEOS[:6]
+    ]
+    config = EvaluationConfig(
+        dataset="csv",
+        root=tmp_path,
+        out=tmp_path / "run",
+        analysis=analysis_settings(ray_cluster.model_dir),
+        actors=NODES,
+        actor_num_cpus=0.25,
+        actor_num_gpus=0.05,
+    )
+    summary = run_evaluation(config, rows=rows)
+    assert (summary.processed, summary.errors) == (len(rows), 0)
+    table = RunFolder(config.out).predictions()
+    assert table is not None
+    nodes = set(table.column("node").to_pylist())
+    assert None not in nodes
+    alive = {n.node_id for n in read_status(APP_NAME).nodes if n.alive}
+    assert nodes <= alive
+    assert len(nodes) == NODES, f"actors on {len(nodes)} of {NODES} nodes"
+
+
+def test_killing_a_node_under_a_video_job_neither_loses_nor_strands_it(
+    ray_cluster: RayCluster, media: dict[str, str]
+) -> None:
+    st = read_status(APP_NAME)
+    head = next(n.node_id for n in st.nodes if n.head)
+    runner_nodes = {str(r.node_id) for r in st.deployment("JobRunner").replicas}
+    member_nodes = {
+        str(r.node_id)
+        for m in member_names(st)
+        for r in st.deployment(m).replicas
+        if r.node_id != head
+    }
+    assert member_nodes, "every detector replica is on the head node"
+    # Prefer a node without the runner: the job then retries its failed step in place.
+    victim_id = sorted(member_nodes - runner_nodes or member_nodes)[0]
+    victim = next(n for n in ray_cluster.worker_nodes() if n.node_id == victim_id)
+
+    store = RedisJobStore(ray_cluster.redis_url, prefix=ray_cluster.redis_prefix)
+    with ray_cluster.client() as http:
+        jobs = [submit(http, media[v]) for v in VIDEOS[:3]]
+
+        def scoring() -> bool:
+            views = [http.get(f"/v1/jobs/{j}").json() for j in jobs]
+            return any(v["progress"]["stage"] in ("detecting faces", "scoring") for v in views)
+
+        wait_for(scoring, timeout=240, interval=0.1)
+        killed_at = time.monotonic()
+        ray_cluster.cluster.remove_node(victim, allow_graceful=False)
+        finals = [wait_job(http, j, timeout=400) for j in jobs]
+    for job in finals:
+        assert job["status"] in ("done", "failed"), job
+        if job["status"] == "failed":
+            # A clear problem, not a hang: what failed and why.
+            assert job["error"]["detail"], job
+    assert sum(j["status"] == "done" for j in finals) >= 1
+    assert store.count("running") == 0
+    assert time.monotonic() - killed_at < 400
+
+    # Serve put the lost replicas back on the nodes that are left.
+    def restored() -> bool:
+        now = read_status(APP_NAME)
+        alive = {n.node_id for n in now.nodes if n.alive}
+        return victim_id not in alive and all(
+            d.running >= 1 and all(r.node_id in alive for r in d.replicas if r.state == "RUNNING")
+            for d in now.deployments
+        )
+
+    wait_for(restored, timeout=180, interval=1.0)
