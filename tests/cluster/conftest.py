@@ -29,8 +29,9 @@ from tests.support.s3server import moto_s3_server
 #: Nodes of the test cluster; each declares this many logical CPUs and one GPU.
 NODES = 3
 CPUS_PER_NODE = 3
-#: Autoscaling of the five detector deployments, with delays short enough for a test.
-MEMBER_AUTOSCALING = AutoscalingSettings(
+#: Autoscaling of the face detector and the five detectors of the ensemble, with delays short
+#: enough for a test. With tiny test models MTCNN is the bottleneck (full-size members would be).
+MODEL_AUTOSCALING = AutoscalingSettings(
     min_replicas=1,
     max_replicas=2,
     # Tiny test models answer in milliseconds: a low target makes sustained load visible.
@@ -66,18 +67,20 @@ def service_args(home: Path, model_dir: Path) -> dict[str, Any]:
     small = {"num_cpus": 0.25}
     f = GPU_FRACTIONS
     deployments = {
-        "ingress": ReplicaSettings(num_cpus=0.1, max_ongoing_requests=100),
+        "ingress": ReplicaSettings(num_replicas=2, num_cpus=0.1, max_ongoing_requests=100),
         "runner": ReplicaSettings(num_cpus=0.25),
-        "detector": ModelDeploymentSettings(num_gpus=f["detector"], **small),
+        "detector": ModelDeploymentSettings(
+            num_gpus=f["detector"], autoscaling=MODEL_AUTOSCALING, **small
+        ),
         "embedder": ModelDeploymentSettings(num_gpus=f["embedder"], **small),
         "features": ModelDeploymentSettings(num_gpus=f["features"], **small),
         "members": ModelDeploymentSettings(
-            num_gpus=f["members"], autoscaling=MEMBER_AUTOSCALING, **small
+            num_gpus=f["members"], autoscaling=MODEL_AUTOSCALING, **small
         ),
     }
     return {
         "home": str(home),
-        "auth": {"mode": "off"},
+        "auth": {"mode": "off", "anonymous_rate_per_min": 1_000_000},  # tests poll fast
         "gpus": "on",
         "jobs": {
             "heartbeat_s": 1.0,

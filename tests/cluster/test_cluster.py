@@ -8,6 +8,7 @@ away.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -84,8 +85,9 @@ def test_every_model_deployment_is_placed_with_its_gpu_fraction(ray_cluster: Ray
         assert d.running >= 1
         assert d.resources_per_replica["GPU"] == pytest.approx(fraction)
         for r in d.replicas:
-            assert r.node_id in alive
-            used_nodes.add(str(r.node_id))
+            if r.state == "RUNNING":  # one being started by the autoscaler has no node yet
+                assert r.node_id in alive
+                used_nodes.add(str(r.node_id))
     # Serve spreads replicas: the model deployments do not all sit on one node.
     assert len(used_nodes) >= 2
     # The job runner and the ingress ask for no GPU.
@@ -200,15 +202,15 @@ def test_jobs_over_http_use_redis_and_s3(
 def test_detector_deployments_scale_up_under_a_burst_and_back_down(
     ray_cluster: RayCluster, media: dict[str, str]
 ) -> None:
-    members = member_names(read_status(APP_NAME))
-    peak: dict[str, int] = dict.fromkeys(members, 0)
-    busiest: dict[str, int] = dict.fromkeys(members, 0)
+    scaling = ["FaceDetector", *member_names(read_status(APP_NAME))]
+    peak: dict[str, int] = dict.fromkeys(scaling, 0)
+    busiest: dict[str, int] = dict.fromkeys(scaling, 0)
     stop = threading.Event()
 
     def watch() -> None:
         while not stop.is_set():
             st = read_status(APP_NAME)
-            for m in members:
+            for m in scaling:
                 d = st.deployment(m)
                 peak[m] = max(peak[m], d.running)
                 busiest[m] = max(busiest[m], d.ongoing_requests or 0)
@@ -224,14 +226,14 @@ def test_detector_deployments_scale_up_under_a_burst_and_back_down(
     finally:
         stop.set()
         watcher.join(timeout=30)
-    scaled = [m for m in members if peak[m] >= 2]
+    scaled = [m for m in scaling if peak[m] >= 2]
     assert scaled, f"no detector scaled up (replicas {peak}, ongoing requests {busiest})"
 
     # Idle: back to min_replicas within the (short) downscale delay plus a few control loops.
     def back_down() -> bool:
         st = read_status(APP_NAME)
         return all(
-            st.deployment(m).target_replicas == 1 and st.deployment(m).running == 1 for m in members
+            st.deployment(m).target_replicas == 1 and st.deployment(m).running == 1 for m in scaling
         )
 
     wait_for(back_down, timeout=120, interval=1.0)
@@ -269,30 +271,51 @@ def test_killing_a_node_under_a_video_job_neither_loses_nor_strands_it(
 ) -> None:
     st = read_status(APP_NAME)
     head = next(n.node_id for n in st.nodes if n.head)
-    runner_nodes = {str(r.node_id) for r in st.deployment("JobRunner").replicas}
-    member_nodes = {
-        str(r.node_id)
-        for m in member_names(st)
-        for r in st.deployment(m).replicas
-        if r.node_id != head
-    }
-    assert member_nodes, "every detector replica is on the head node"
-    # Prefer a node without the runner: the job then retries its failed step in place.
-    victim_id = sorted(member_nodes - runner_nodes or member_nodes)[0]
+
+    def nodes_of(*names: str) -> set[str]:
+        return {
+            str(r.node_id)
+            for n in names
+            for r in st.deployment(n).replicas
+            if r.state == "RUNNING" and r.node_id != head
+        }
+
+    # MTCNN is the slowest model here, so its replica is the one most likely to die with
+    # requests in flight; else a node holding detectors of the ensemble.
+    if nodes_of("FaceDetector"):
+        victim_id = sorted(nodes_of("FaceDetector"))[0]
+    else:
+        candidates = nodes_of(*member_names(st))
+        assert candidates, "every model replica is on the head node"
+        # Prefer a node without the runner: the job then retries its failed step in place.
+        preferred = candidates - nodes_of("JobRunner") or candidates
+        victim_id = sorted(preferred)[0]
     victim = next(n for n in ray_cluster.worker_nodes() if n.node_id == victim_id)
 
     store = RedisJobStore(ray_cluster.redis_url, prefix=ray_cluster.redis_prefix)
     with ray_cluster.client() as http:
-        jobs = [submit(http, media[v]) for v in VIDEOS[:3]]
+        # More jobs than the runner takes at once: some are mid-analysis when the node dies,
+        # the queued ones run on the replicas Serve restarts.
+        jobs = [submit(http, media[v]) for v in VIDEOS * 2]
 
-        def scoring() -> bool:
-            views = [http.get(f"/v1/jobs/{j}").json() for j in jobs]
+        def reached_stage() -> bool:
+            views = [http.get(f"/v1/jobs/{j}").raise_for_status().json() for j in jobs[:4]]
             return any(v["progress"]["stage"] in ("detecting faces", "scoring") for v in views)
 
-        wait_for(scoring, timeout=240, interval=0.1)
+        wait_for(reached_stage, timeout=240, interval=0.2)
         killed_at = time.monotonic()
         ray_cluster.cluster.remove_node(victim, allow_graceful=False)
-        finals = [wait_job(http, j, timeout=400) for j in jobs]
+
+        def final(job_id: str) -> dict[str, Any] | None:
+            # The proxy answers 500 for a request routed to a replica of the dead node until
+            # Serve notices; a client retries 5xx, as this one does.
+            r = http.get(f"/v1/jobs/{job_id}")
+            if r.status_code >= 500:
+                return None
+            body: dict[str, Any] = r.raise_for_status().json()
+            return body if body["status"] in ("done", "failed", "cancelled") else None
+
+        finals = [wait_for(functools.partial(final, j), timeout=600, interval=0.2) for j in jobs]
     for job in finals:
         assert job["status"] in ("done", "failed"), job
         if job["status"] == "failed":
@@ -300,7 +323,7 @@ def test_killing_a_node_under_a_video_job_neither_loses_nor_strands_it(
             assert job["error"]["detail"], job
     assert sum(j["status"] == "done" for j in finals) >= 1
     assert store.count("running") == 0
-    assert time.monotonic() - killed_at < 400
+    assert time.monotonic() - killed_at < 600
 
     # Serve put the lost replicas back on the nodes that are left.
     def restored() -> bool:
