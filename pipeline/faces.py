@@ -139,11 +139,65 @@ def select_frame_times(
     return [k / fps for k in indices]
 
 
+class FixedShapeBatches(torch.nn.Module):
+    """Runs ``net`` on a batch in chunks of at most ``max_batch`` rows, each zero-padded to a
+    power of two of at least ``min_batch`` rows; outputs are those of ``net(x)`` (a tensor or a
+    tuple of tensors, batch first), padding rows removed.
+
+    MTCNN's refinement stages (R-net, O-net) run on every candidate box of a batch of frames at
+    once, in chunks of 512 (facenet-pytorch's ``fixed_batch_process``), so both the size and the
+    *shape* of their input vary with the content of every batch. Measured on 720p video (batches
+    of 8 frames): 0 to 2,134 R-net and 0 to 334 O-net candidates per batch. Two costs follow:
+
+    * transient memory proportional to the candidates: O-net's first convolution and PReLU take
+      0.55 MB per candidate, +120 MB over a typical batch for the 334-candidate one. A longer
+      video has more batches and so meets more such frames: peak RSS grew with video length.
+    * oneDNN caches a compiled primitive per input shape (up to 1,024 of them): each new candidate
+      count added 0.6 MB that stayed, so resident memory also grew with the number of batches.
+
+    Fixed chunks bound the first and power-of-two shapes (8, 16, 32, 64: four per net) the
+    second. Each row is computed independently (MTCNN has no batch normalisation), so padding
+    changes no result.
+
+    ``x``: ``(N, C, H, W) float``; ``N = 0`` is passed through unchanged.
+    """
+
+    def __init__(self, net: torch.nn.Module, max_batch: int = 64, min_batch: int = 8) -> None:
+        super().__init__()
+        if not 1 <= min_batch <= max_batch:
+            raise ValueError(f"need 1 <= min_batch <= max_batch, got {min_batch}, {max_batch}")
+        self.net = net
+        self.max_batch = max_batch
+        self.min_batch = min_batch
+
+    def _padded_size(self, n: int) -> int:
+        return min(self.max_batch, max(self.min_batch, 1 << (n - 1).bit_length()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if len(x) == 0:
+            return self.net(x)
+        parts: list[tuple[torch.Tensor, ...]] = []
+        single = False
+        for start in range(0, len(x), self.max_batch):
+            chunk = x[start : start + self.max_batch]
+            n = len(chunk)
+            size = self._padded_size(n)
+            if size > n:
+                chunk = torch.cat([chunk, chunk.new_zeros((size - n, *chunk.shape[1:]))])
+            out = self.net(chunk)
+            single = isinstance(out, torch.Tensor)
+            parts.append(tuple(o[:n] for o in ((out,) if single else out)))
+        merged = tuple(torch.cat(ts) for ts in zip(*parts, strict=True))
+        return merged[0] if single else merged
+
+
 class FaceDetector:
     """MTCNN (facenet-pytorch) returning every face above ``settings.min_confidence``.
 
     Construction loads the P/R/O-nets from the facenet-pytorch wheel (no network). ``detect``
     batches frames of equal size (MTCNN's own batching requires it), ``batch_size`` at a time.
+    The R- and O-nets run in fixed-shape chunks (:class:`FixedShapeBatches`), so memory does not
+    depend on how many candidate boxes a batch of frames happens to produce.
     """
 
     def __init__(self, settings: FaceSettings | None = None) -> None:
@@ -159,6 +213,8 @@ class FaceDetector:
             select_largest=False,
             device=torch.device(self.settings.device),
         ).eval()
+        self._mtcnn.rnet = FixedShapeBatches(self._mtcnn.rnet).eval()
+        self._mtcnn.onet = FixedShapeBatches(self._mtcnn.onet).eval()
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
         """Faces in each frame: ``result[i]`` lists frame ``i``'s faces, most confident first.

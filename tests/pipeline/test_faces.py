@@ -7,12 +7,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+from facenet_pytorch import MTCNN
 from pydantic import ValidationError
 
 from pipeline.faces import (
     Detection,
     FaceDetector,
     FaceSettings,
+    FixedShapeBatches,
     crop,
     select_frame_times,
     square_box,
@@ -235,6 +238,60 @@ def test_batched_detection_equals_one_by_one(shared_data: Path, detector: FaceDe
             assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
             np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-2)
     assert detector.detect([]) == []
+
+
+def test_refinement_nets_run_in_fixed_shapes_with_unchanged_outputs() -> None:
+    # MTCNN's own R- and O-nets (weights from the facenet-pytorch wheel), on candidate counts
+    # below, at and across the chunk and bucket sizes: (count, batch shapes the net must see).
+    mtcnn = MTCNN().eval()
+    rng = torch.Generator().manual_seed(0)
+    cases = [(1, [8]), (7, [8]), (8, [8]), (9, [16]), (33, [64]), (64, [64]), (65, [64, 8])]
+    cases.append((200, [64, 64, 64, 8]))
+    for net, side in ((mtcnn.rnet, 24), (mtcnn.onet, 48)):
+        wrapped = FixedShapeBatches(net, max_batch=64, min_batch=8)
+        for n, chunks in cases:
+            x = torch.rand((n, 3, side, side), generator=rng) * 2 - 1
+            shapes: list[int] = []
+            with torch.inference_mode():
+                want = net(x)
+                hook = net.register_forward_pre_hook(
+                    lambda _, args, seen=shapes: seen.append(len(args[0]))
+                )
+                got = wrapped(x)
+                hook.remove()
+            assert shapes == chunks
+            assert len(got) == len(want)
+            for g, w in zip(got, want, strict=True):
+                assert g.shape == w.shape
+                torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError):
+        FixedShapeBatches(mtcnn.rnet, max_batch=4, min_batch=8)
+
+
+def test_fixed_shape_refinement_finds_the_same_faces(
+    shared_data: Path, detector: FaceDetector
+) -> None:
+    # 24 portrait tiles: hundreds of R-net and dozens of O-net candidates, several chunks each.
+    image = _rgb(shared_data / "faces/dlib_bald_guys.jpg")
+    plain = FaceDetector(detector.settings)
+    for name in ("rnet", "onet"):
+        wrapper = getattr(plain._mtcnn, name)
+        assert isinstance(wrapper, FixedShapeBatches)
+        setattr(plain._mtcnn, name, wrapper.net)
+    candidates: list[int] = []
+    hook = detector._mtcnn.rnet.register_forward_pre_hook(
+        lambda _, args: candidates.append(len(args[0]))
+    )
+    try:
+        got = detector.detect([image])[0]
+    finally:
+        hook.remove()
+    want = plain.detect([image])[0]
+    assert sum(candidates) > 64
+    assert len(got) == len(want) == MULTI_PERSON["dlib_bald_guys.jpg"]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a.raw_box, b.raw_box, atol=1e-2)
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
 
 
 def test_frames_smaller_than_the_minimum_face_have_no_faces(detector: FaceDetector) -> None:
