@@ -11,7 +11,6 @@ counts and the split of the time between stages are what the benchmark tells.
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 import time
 from collections import defaultdict
@@ -27,12 +26,6 @@ from dfd.common import err_console, out_console
 #: Stages whose work runs on the model deployments (GPU on a GPU cluster). ``faces`` also holds
 #: the decoding of sampled frames (CPU), so the GPU side of the estimate is an upper bound.
 MODEL_STAGES = ("segmentation", "faces", "tracks", "scoring")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(
@@ -169,7 +162,7 @@ def bench_cluster(
     from ray import serve
 
     from dfd.bench import _serve_round
-    from dfd.localcluster import deploy, local_cluster
+    from dfd.localcluster import deploy, free_port, local_cluster
     from pipeline.errors import ConfigError
     from serve.app import build_app
 
@@ -192,7 +185,7 @@ def bench_cluster(
             t0 = time.perf_counter()
             with local_cluster(n, cpus_per_node=cpus_per_node) as _:
                 try:
-                    base = deploy(build_app(cfg), _free_port())
+                    base = deploy(build_app(cfg), free_port())
                     startup = time.perf_counter() - t0
                     if n == min(node_counts):
                         figures["video"] = _video_round(base, video)

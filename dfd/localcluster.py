@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
+import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import httpx
-
 from pipeline.errors import ConfigError
 
-__all__ = ["deploy", "local_cluster"]
+__all__ = ["deploy", "free_port", "local_cluster"]
 
 #: A lost raylet is declared dead after period x threshold (about 5 s, not Ray's 30 s default).
 FAST_HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}
@@ -74,18 +72,16 @@ def deploy(app: Any, port: int, *, ready_timeout_s: float = 600.0) -> str:
     ``127.0.0.1:port``; returns the base URL once ``/readyz`` answers 200."""
     from ray import serve
 
+    from dfd.serve_cmd import wait_ready
     from serve.app import APP_NAME
 
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     serve.run(app, name=APP_NAME, route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout_s
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return base
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise ConfigError(f"the service did not become ready within {ready_timeout_s:.0f} s")
-        time.sleep(0.5)
+    return wait_ready(f"http://127.0.0.1:{port}", ready_timeout_s)
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -93,7 +93,16 @@ def start_service(
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    deadline = time.monotonic() + ready_timeout_s
+    return wait_ready(url, ready_timeout_s)
+
+
+def wait_ready(url: str, timeout_s: float) -> str:
+    """Poll ``<url>/readyz`` until it answers 200; returns ``url``.
+
+    Raises:
+        ConfigError: not ready within ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
@@ -101,7 +110,7 @@ def start_service(
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise ConfigError(f"the service did not become ready within {ready_timeout_s:.0f} s")
+            raise ConfigError(f"the service did not become ready within {timeout_s:.0f} s")
         time.sleep(0.5)
 
 
