@@ -47,7 +47,10 @@ def analyze(
         typer.Option("--json", help="Write the JSON result here (default: OUT/<id>/result.json)."),
     ] = None,
     model_dir: Annotated[Path | None, typer.Option(help="Model directory.")] = None,
-    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(help="auto (ONNX Runtime on CPU, torch on CUDA), torch, onnx or openvino."),
+    ] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     no_galleries: Annotated[
         bool, typer.Option("--no-galleries", help="Skip the pictures.")

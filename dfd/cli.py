@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,11 @@ from rich.table import Table
 from dfd import analyze_cmd, bench, evaluate_cmd, models_cmd, serve_cmd, status_cmd
 from dfd.common import cli_errors, err_console, out_console, setup_logging
 from dfd.version import __version__
+
+try:  # typer >= 0.22 runs its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 app = typer.Typer(
     help="DeepFake detection: shots, faces, face tracks and a five-model ensemble.",
@@ -52,7 +58,10 @@ def root(
 def score_faces(
     images: Annotated[list[Path], typer.Argument(help="Face crops (JPEG, PNG, WebP, BMP).")],
     model_dir: models_cmd.ModelDirOpt = None,
-    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(help="auto (ONNX Runtime on CPU, torch on CUDA), torch, onnx or openvino."),
+    ] = "auto",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the scores as JSON.")
     ] = None,
@@ -94,7 +103,28 @@ def score_faces(
 
 
 def main() -> None:
-    app()
+    """Run ``dfd``; a usage error (unknown option, bad value) is one line on stderr, exit 2."""
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        # `dfd` or `dfd models` alone: their help, as click would print it.
+        err_console.print(exc.format_message(), markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+    except click_errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "dfd"
+        err_console.print(
+            f"dfd: usage: {exc.format_message()} (see `{where} --help`)",
+            markup=False,
+            highlight=False,
+        )
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        err_console.print(f"dfd: {exc.format_message()}", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("dfd: interrupted", markup=False, highlight=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

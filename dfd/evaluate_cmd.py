@@ -57,7 +57,10 @@ def evaluate(
         str | None,
         typer.Option(help="Score through this running Serve application's deployments."),
     ] = None,
-    backend: Annotated[str, typer.Option(help="auto, torch or onnx.")] = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(help="auto (ONNX Runtime on CPU, torch on CUDA), torch, onnx or openvino."),
+    ] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     cpus_per_actor: Annotated[float, typer.Option(help="Logical CPUs per actor.")] = 0.5,
     gpus_per_actor: Annotated[

@@ -4,7 +4,8 @@ Layout::
 
     <model dir>/manifest.json        {"format_version": 1, "members": [...], ...}
     <model dir>/<member checkpoint>  .pt or .safetensors, named by the member's ``checkpoint``
-    <model dir>/.cache/              exported ONNX files, keyed by weights; safe to delete
+    <model dir>/.cache/              exported ONNX files, keyed by weights, and OpenVINO's
+                                     compiled blobs (.cache/openvino); safe to delete
 
 The default location is ``$DFD_MODEL_DIR``, else ``$DFD_HOME/models``, else the user's data
 directory (``platformdirs``).

@@ -8,7 +8,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-Backend = Literal["auto", "torch", "onnx"]
+Backend = Literal["auto", "torch", "onnx", "openvino"]
+ResolvedBackend = Literal["torch", "onnx", "openvino"]
 Precision = Literal["fp32", "fp16", "bf16"]
 
 
@@ -20,7 +21,8 @@ class InferenceSettings(BaseModel):
     model_dir: Path | None = None
     #: "cpu", "cuda", "cuda:1" or "auto" (CUDA when available).
     device: str = "auto"
-    #: "auto" picks ONNX Runtime on CPU (measured 2x+ faster than eager here) and torch on CUDA.
+    #: "auto" picks ONNX Runtime on CPU (the fastest in `dfd bench models`; see backends.py) and
+    #: torch on CUDA. "onnx" (ONNX Runtime) and "openvino" both run the exported ONNX file in fp32.
     backend: Backend = "auto"
     #: Autocast precision on CUDA; CPU always runs fp32.
     precision: Precision = "fp16"
@@ -28,8 +30,12 @@ class InferenceSettings(BaseModel):
     require_trained_weights: bool = False
     #: Faces per forward pass.
     batch_size: int = Field(8, ge=1)
-    #: ONNX Runtime intra-op threads (0: one per core).
+    #: Threads of the runtimes that execute the exported ONNX file (ONNX Runtime intra-op threads,
+    #: OpenVINO inference threads) per member; 0: the cores divided among the member workers.
     onnx_threads: int = Field(0, ge=0)
+    #: Members of an ensemble scored side by side (CPU runtimes only: on CUDA, and for torch on
+    #: CPU with its own thread pool, they run in turn); 0: one per core, at most one per member.
+    member_workers: int = Field(0, ge=0)
     #: Restrict to these members (by name); None means all in the manifest.
     members: list[str] | None = None
 
@@ -38,7 +44,25 @@ class InferenceSettings(BaseModel):
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
-    def resolved_backend(self) -> Literal["torch", "onnx"]:
+    def resolved_backend(self) -> ResolvedBackend:
         if self.backend != "auto":
             return self.backend
         return "torch" if self.torch_device().type == "cuda" else "onnx"
+
+    def member_workers_for(self, members: int) -> int:
+        """How many of ``members`` members an ensemble scores at once."""
+        if self.resolved_backend() == "torch" or self.torch_device().type != "cpu":
+            return 1
+        return max(1, min(members, self.member_workers or cpu_budget()))
+
+    def runtime_threads_for(self, members: int) -> int:
+        """Threads for each member's runtime when ``members`` members share this process."""
+        if self.onnx_threads or self.resolved_backend() == "torch":
+            return self.onnx_threads
+        return max(1, cpu_budget() // self.member_workers_for(members))
+
+
+def cpu_budget() -> int:
+    """Cores this process may use: torch's intra-op thread count, which follows
+    ``OMP_NUM_THREADS`` (Ray sets it to a task's or actor's CPUs) and else the machine's cores."""
+    return torch.get_num_threads()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.models import ModelDirectory
@@ -168,3 +169,40 @@ def test_analyze_errors_are_one_line_with_exit_codes(
     lines = [line for line in run.stderr.splitlines() if line.startswith("dfd:")]
     assert len(lines) == 1 and message in lines[0].lower(), run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_bench_models_compares_backends_in_one_run(
+    model_dir: ModelDirectory, tmp_path: Path
+) -> None:
+    """Not a timing test: the benchmark runs every backend, reports a rate for every batch size
+    and repeat, and shows that the backends agree (the figures come from the closing notes)."""
+    out = tmp_path / "bench.json"
+    run = dfd(
+        "bench", "models", "--model-dir", str(model_dir.root), "--backends", "torch,onnx",
+        "--batch-sizes", "1,3", "--faces", "3", "--repeats", "2", "--device", "cpu",
+        "--json", str(out), home=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "fastest: onnx" in run.stdout
+    rows = json.loads(out.read_text())
+    assert [r["backend"] for r in rows] == ["torch", "onnx"]
+    for r in rows:
+        assert [run["batch_size"] for run in r["runs"]] == [1, 3]
+        assert all(len(run["faces_per_s_all"]) == 2 for run in r["runs"])
+        assert all(run["faces_per_s"] > 0 for run in r["runs"])
+        assert len(r["probability"]) == 3
+    assert rows[0]["workers"] == 1  # torch scores its members in turn
+    np.testing.assert_allclose(rows[0]["probability"], rows[1]["probability"], atol=5e-3)
+
+
+def test_usage_errors_are_one_line(model_dir: ModelDirectory, tmp_path: Path) -> None:
+    bad_backend = dfd(
+        "bench", "models", "--model-dir", str(model_dir.root), "--backends", "torch,tensorrt",
+        home=tmp_path,
+    )  # fmt: skip
+    unknown_option = dfd("analyze", "--nope", home=tmp_path)
+    for run, words in ((bad_backend, "tensorrt"), (unknown_option, "--nope")):
+        assert run.returncode == 2
+        assert run.stderr.startswith("dfd: usage: ") and words in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "dfd bench models --help" in bad_backend.stderr
