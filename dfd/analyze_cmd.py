@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dfd.common import cli_errors, err_console, out_console
+from dfd.common import BackendOpt, cli_errors, err_console, out_console
 from pipeline.result import Result
 
 
@@ -47,10 +47,7 @@ def analyze(
         typer.Option("--json", help="Write the JSON result here (default: OUT/<id>/result.json)."),
     ] = None,
     model_dir: Annotated[Path | None, typer.Option(help="Model directory.")] = None,
-    backend: Annotated[
-        str,
-        typer.Option(help="auto (ONNX Runtime on CPU, torch on CUDA), torch, onnx or openvino."),
-    ] = "auto",
+    backend: BackendOpt = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     no_galleries: Annotated[
         bool, typer.Option("--no-galleries", help="Skip the pictures.")

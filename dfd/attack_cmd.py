@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dfd.common import cli_errors, err_console, out_console
+from dfd.common import BackendOpt, cli_errors, err_console, out_console
 
 
 def attack(
@@ -38,9 +38,7 @@ def attack(
         str | None, typer.Option(help="Also score through jpeg, smoothing or squeeze.")
     ] = None,
     model_dir: Annotated[Path | None, typer.Option(help="Model directory.")] = None,
-    backend: Annotated[
-        str, typer.Option(help="Scoring backend: auto, torch, onnx or openvino.")
-    ] = "auto",
+    backend: BackendOpt = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     max_frames_per_shot: Annotated[int, typer.Option(help="Paper: 64.")] = 64,
     actors: Annotated[int, typer.Option(help="Actors in the pool.")] = 1,

@@ -19,7 +19,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from dfd.common import cli_errors, out_console
+from dfd.common import BackendOpt, cli_errors, out_console
 
 app = typer.Typer(
     help="Benchmarks (figures for the closing notes and the README).", no_args_is_help=True
@@ -320,7 +320,7 @@ def analyze(
     model_dir: Annotated[
         Path | None, typer.Option(help="Model directory (default: the user's).")
     ] = None,
-    backend: Annotated[str, typer.Option(help="auto, torch, onnx or openvino.")] = "auto",
+    backend: BackendOpt = "auto",
     max_frames: Annotated[int, typer.Option(help="Sampled frames per shot (paper: 64).")] = 64,
     galleries: Annotated[bool, typer.Option(help="Render the pictures too.")] = True,
     growth: Annotated[
@@ -515,7 +515,7 @@ def serve(
     image: Annotated[
         Path | None, typer.Option(help="Image to submit (default: a face photo of ../shared/data).")
     ] = None,
-    backend: Annotated[str, typer.Option(help="auto, torch, onnx or openvino.")] = "auto",
+    backend: BackendOpt = "auto",
     concurrency: Annotated[str, typer.Option(help="Comma-separated client counts.")] = "1,8,32",
     jobs_per_client: Annotated[int, typer.Option(help="Jobs per client at each concurrency.")] = 2,
     min_jobs: Annotated[int, typer.Option(help="At least this many jobs per round.")] = 12,
@@ -671,7 +671,7 @@ def evaluate(
     model_dir: Annotated[
         Path | None, typer.Option(help="Model directory (default: the user's).")
     ] = None,
-    backend: Annotated[str, typer.Option(help="auto, torch, onnx or openvino.")] = "auto",
+    backend: BackendOpt = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     actors: Annotated[int, typer.Option(help="Model actors in the pool.")] = 2,
     cpus_per_actor: Annotated[float, typer.Option(help="Logical CPUs per actor.")] = 0.5,
@@ -732,7 +732,7 @@ def cluster(
         Path | None,
         typer.Option(help="Video for the per-stage costs (default: one of ../shared/data)."),
     ] = None,
-    backend: Annotated[str, typer.Option(help="auto, torch, onnx or openvino.")] = "auto",
+    backend: BackendOpt = "auto",
     cpus_per_node: Annotated[float, typer.Option(help="Logical CPUs each node declares.")] = 4,
     jobs: Annotated[int, typer.Option(help="Image jobs per node count.")] = 24,
     concurrency: Annotated[int, typer.Option(help="Concurrent clients.")] = 8,

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from dfd import analyze_cmd, bench, evaluate_cmd, models_cmd, serve_cmd, status_cmd
-from dfd.common import cli_errors, err_console, out_console, setup_logging
+from dfd.common import BackendOpt, cli_errors, err_console, out_console, setup_logging
 from dfd.version import __version__
 
 try:  # typer >= 0.22 runs its own copy of click
@@ -58,10 +58,7 @@ def root(
 def score_faces(
     images: Annotated[list[Path], typer.Argument(help="Face crops (JPEG, PNG, WebP, BMP).")],
     model_dir: models_cmd.ModelDirOpt = None,
-    backend: Annotated[
-        str,
-        typer.Option(help="auto (ONNX Runtime on CPU, torch on CUDA), torch, onnx or openvino."),
-    ] = "auto",
+    backend: BackendOpt = "auto",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the scores as JSON.")
     ] = None,

@@ -6,8 +6,9 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import typer
 from rich.console import Console
 
 from pipeline.errors import DfdError
@@ -16,6 +17,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 err_console = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
 out_console = Console()
+
+#: ``--backend`` of every command that scores faces (validated by ``InferenceSettings``).
+BackendOpt = Annotated[
+    str,
+    typer.Option(help="auto (ONNX Runtime on CPU, torch on CUDA), torch, onnx or openvino."),
+]
 
 
 def cli_errors(fn: F) -> F:

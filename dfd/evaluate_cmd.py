@@ -16,7 +16,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from dfd.common import cli_errors, err_console, out_console
+from dfd.common import BackendOpt, cli_errors, err_console, out_console
 from pipeline.errors import ConfigError
 
 
@@ -57,10 +57,7 @@ def evaluate(
         str | None,
         typer.Option(help="Score through this running Serve application's deployments."),
     ] = None,
-    backend: Annotated[
-        str,
-        typer.Option(help="auto (ONNX Runtime on CPU, torch on CUDA), torch, onnx or openvino."),
-    ] = "auto",
+    backend: BackendOpt = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     cpus_per_actor: Annotated[float, typer.Option(help="Logical CPUs per actor.")] = 0.5,
     gpus_per_actor: Annotated[

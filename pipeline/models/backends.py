@@ -99,9 +99,8 @@ class OnnxRunner:
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: Tensor) -> np.ndarray:
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        (y,) = self.session.run(None, {self.input_name: arr})
-        return np.asarray(y, dtype=np.float32).reshape(-1)
+        (y,) = self.session.run(None, {self.input_name: _input_array(x)})
+        return _logits(y)
 
 
 class OpenVinoRunner:
@@ -141,11 +140,19 @@ class OpenVinoRunner:
         self.lock = threading.Lock()
 
     def __call__(self, x: Tensor) -> np.ndarray:
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         with self.lock:
-            out = self.request.infer({0: arr}, share_inputs=True, share_outputs=False)
+            out = self.request.infer({0: _input_array(x)}, share_inputs=True, share_outputs=False)
             y = out[0]
-        return np.asarray(y, dtype=np.float32).reshape(-1)
+        return _logits(y)
+
+
+def _input_array(x: Tensor) -> np.ndarray:
+    """What the runtimes of the exported file take: contiguous float32 on the CPU."""
+    return x.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+def _logits(y: object) -> np.ndarray:
+    return np.asarray(y, dtype=np.float32).reshape(-1)
 
 
 def _writable_dir(path: Path) -> bool:

@@ -252,13 +252,9 @@ class Ensemble:
                 member = self.members[j]
                 return sigmoid(member.logits(unit[member.spec.input_size]))
 
-            rows = slice(start, start + len(chunk))
-            if self._pool is None:
-                for j in range(m):
-                    member_probs[rows, j] = score(j)
-            else:
-                for j, probs in zip(self._order, self._pool.map(score, self._order), strict=True):
-                    member_probs[rows, j] = probs
+            scored = (self._pool.map if self._pool is not None else map)(score, self._order)
+            for j, probs in zip(self._order, scored, strict=True):
+                member_probs[start : start + len(chunk), j] = probs
         prob = member_probs.mean(axis=1) if n else np.zeros(0, dtype=np.float64)
         return EnsemblePrediction(prob, member_probs, self.member_names)
 

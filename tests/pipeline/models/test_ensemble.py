@@ -82,16 +82,22 @@ def test_ensemble_probability_is_the_mean_of_members(torch_ensemble: Ensemble) -
 PROB_ATOL = 5e-4
 
 
-def test_batched_equals_one_by_one(torch_ensemble: Ensemble) -> None:
-    crops = faces(7, seed=2)
-    torch_ensemble.settings.batch_size = 4
-    batched = torch_ensemble.predict(crops)
-    single = [torch_ensemble.predict([c]) for c in crops]
+def assert_batched_equals_one_by_one(
+    ensemble: Ensemble, crops: list[np.ndarray], atol: float
+) -> None:
+    """``ensemble.settings.batch_size`` faces per pass give what one face per pass gives."""
+    batched = ensemble.predict(crops)
+    single = [ensemble.predict([c]) for c in crops]
     np.testing.assert_allclose(
         batched.member_probabilities,
         np.concatenate([s.member_probabilities for s in single]),
-        atol=PROB_ATOL,
+        atol=atol,
     )
+
+
+def test_batched_equals_one_by_one(torch_ensemble: Ensemble) -> None:
+    torch_ensemble.settings.batch_size = 4
+    assert_batched_equals_one_by_one(torch_ensemble, faces(7, seed=2), PROB_ATOL)
 
 
 def test_empty_input_gives_empty_output(torch_ensemble: Ensemble) -> None:
@@ -152,15 +158,8 @@ def test_openvino_backend_equals_eager(
 def test_openvino_batched_equals_one_by_one(
     openvino_ensemble: Ensemble, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    crops = faces(7, seed=8)
     monkeypatch.setattr(openvino_ensemble.settings, "batch_size", 4)
-    batched = openvino_ensemble.predict(crops)
-    single = [openvino_ensemble.predict([c]) for c in crops]
-    np.testing.assert_allclose(
-        batched.member_probabilities,
-        np.concatenate([s.member_probabilities for s in single]),
-        atol=FAST_ATOL,
-    )
+    assert_batched_equals_one_by_one(openvino_ensemble, faces(7, seed=8), FAST_ATOL)
 
 
 def test_openvino_shares_the_onnx_export(
