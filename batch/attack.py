@@ -71,9 +71,14 @@ from pipeline.analyze import AnalysisSettings, Analyzer
 from pipeline.artefacts import MemorySink
 from pipeline.errors import ConfigError, DfdError
 from pipeline.models import Ensemble, EnsemblePrediction, MemberInfo
-from pipeline.models.ensemble import EnsembleModule, sigmoid
-from pipeline.models.manifest import resolve_model_dir
-from pipeline.models.preprocess import crops_to_unit_batch
+from pipeline.models.ensemble import (
+    EnsembleModule,
+    combine,
+    expected_infos,
+    pin_ensemble,
+    sigmoid,
+)
+from pipeline.models.preprocess import centre_crop_tensor, crops_to_unit_batch
 from pipeline.result import Result
 from pipeline.stages import LocalModels
 
@@ -211,24 +216,34 @@ Scorer = Callable[[Tensor], np.ndarray]
 class TwoClassLogits(nn.Module):
     """Member logits ``(N, M)`` -> two-class logits ``(N, 2)`` = ``[log(1 - p), log(p)]``.
 
-    ``p`` is the ensemble probability, the mean of the members' sigmoids (paper 3.1), so the
+    ``p`` is the ensemble probability, the members' sigmoids combined by their weights
+    (paper 3.1: the mean; :func:`pipeline.models.ensemble.combine`), so the
     softmax of the output is exactly ``[1 - p, p]`` (class 0 = real, 1 = fake) and ART's
     cross-entropy is the log-loss of the ensemble. Both terms are computed with ``logsumexp`` of
     log-sigmoids, so gradients survive saturated members (``p`` within 1e-7 of 0 or 1), where
     ``log(p)`` of a clamped probability would give none.
     """
 
-    def __init__(self, member_logits: nn.Module) -> None:
+    def __init__(self, member_logits: nn.Module, weights: Sequence[float] | None = None) -> None:
         super().__init__()
         self.member_logits = member_logits
+        if weights is None:
+            self.log_w: Tensor | None = None
+        else:
+            w = torch.tensor(list(weights), dtype=torch.float64)
+            self.log_w = (w / w.sum()).log().float()
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.member_logits(x)
         if z.ndim == 1:
             z = z[:, None]
-        log_m = math.log(z.shape[1])
-        log_p = torch.logsumexp(F.logsigmoid(z), dim=1) - log_m
-        log_q = torch.logsumexp(F.logsigmoid(-z), dim=1) - log_m
+        if self.log_w is None:
+            log_w = torch.full((z.shape[1],), -math.log(z.shape[1]), dtype=z.dtype)
+        else:
+            log_w = self.log_w.to(z.dtype)
+        log_w = log_w.to(z.device)
+        log_p = torch.logsumexp(F.logsigmoid(z) + log_w, dim=1)
+        log_q = torch.logsumexp(F.logsigmoid(-z) + log_w, dim=1)
         return torch.stack([log_q, log_p], dim=1)
 
 
@@ -258,16 +273,26 @@ def crafting_module(ensemble: Ensemble, settings: AttackSettings) -> nn.Module:
                 f"{', '.join(ensemble.member_names)}"
             )
     size = attack_size(ensemble, settings)
-    module = EnsembleModule([m.net for m in members], [m.spec for m in members], size)
+    module = EnsembleModule(
+        [m.net for m in members], [m.spec for m in members], size, context=ensemble.crop_margin
+    )
     return _EnsembleLogits(module.eval())
+
+
+def crafting_weights(ensemble: Ensemble, settings: AttackSettings) -> list[float]:
+    """The members' weights in the model the perturbation is crafted on."""
+    if settings.transfer_from is not None:
+        return [1.0]
+    return list(ensemble.weights)
 
 
 def ensemble_scorer(ensemble: Ensemble) -> Scorer:
     """Scores unit batches with the ensemble's own runners, as the clean run does.
 
-    Crops at the members' input size go through the same runner as :meth:`Ensemble.predict`, so
-    an unperturbed crop scores exactly as in the clean analysis; other sizes are resized as
-    inside :class:`EnsembleModule` (bilinear).
+    Each member takes the centred square of its own crop margin, as in :meth:`Ensemble.predict`;
+    crops at the member's input size go through the same runner, so an unperturbed crop scores
+    exactly as in the clean analysis; other sizes are resized as inside
+    :class:`EnsembleModule` (bilinear).
     """
     step = ensemble.settings.batch_size
 
@@ -278,7 +303,7 @@ def ensemble_scorer(ensemble: Ensemble) -> Scorer:
             chunk = x[start : start + step].detach().to(ensemble.device, torch.float32)
             for j, member in enumerate(ensemble.members):
                 size = member.spec.input_size
-                xi = chunk
+                xi = centre_crop_tensor(chunk, member.spec.crop_margin / ensemble.crop_margin)
                 if xi.shape[-1] != size or xi.shape[-2] != size:
                     xi = F.interpolate(xi, size=(size, size), mode="bilinear", align_corners=False)
                 out[start : start + len(chunk), j] = sigmoid(member.logits(xi))
@@ -313,26 +338,36 @@ class FaceAttackOutput:
     x_adv: np.ndarray
     defended_clean: np.ndarray | None = None
     defended_attacked: np.ndarray | None = None
+    #: The scoring members' weights (``(M,)``; None: equal).
+    weights: np.ndarray | None = None
+
+    def combined(self, member_probs: np.ndarray) -> np.ndarray:
+        """``(N, M)`` member probabilities -> ``(N,)`` ensemble probability."""
+        weights = self.weights if self.weights is not None else np.ones(member_probs.shape[1])
+        return combine(member_probs, weights)
 
     @property
     def clean_probability(self) -> np.ndarray:
-        return self.clean.mean(axis=1)
+        return self.combined(self.clean)
 
     @property
     def attacked_probability(self) -> np.ndarray:
-        return self.attacked.mean(axis=1)
+        return self.combined(self.attacked)
 
 
 class _QueryCounter:
     """The black-box view of the detector: images in, ``[1 - p, p]`` out, every image counted."""
 
-    def __init__(self, scorer: Scorer) -> None:
+    def __init__(self, scorer: Scorer, weights: Sequence[float] | np.ndarray | None = None) -> None:
         self.scorer = scorer
+        self.weights = weights
         self.count = 0
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.count += len(x)
-        p = self.scorer(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).mean(axis=1)
+        members = self.scorer(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        weights = self.weights if self.weights is not None else np.ones(members.shape[1])
+        p = combine(members, weights)
         return np.stack([1.0 - p, p], axis=1).astype(np.float32)
 
 
@@ -346,6 +381,8 @@ class FaceAttacker:
         settings: the attack.
         input_size: ``S``.
         device: where ``crafter`` runs.
+        crafter_weights: ``(M',)`` weights of the crafter's members (None: equal).
+        scorer_weights: ``(M,)`` weights of the scorer's members (None: equal).
     """
 
     def __init__(
@@ -355,15 +392,18 @@ class FaceAttacker:
         settings: AttackSettings,
         input_size: int,
         device: torch.device | str = "cpu",
+        crafter_weights: Sequence[float] | None = None,
+        scorer_weights: Sequence[float] | None = None,
     ) -> None:
         from art.estimators.classification import PyTorchClassifier
 
         self.settings = settings
         self.scorer = scorer
+        self.scorer_weights = None if scorer_weights is None else np.asarray(scorer_weights)
         self.input_size = input_size
         self.device = torch.device(device)
         self.classifier = PyTorchClassifier(
-            model=TwoClassLogits(crafter).eval(),
+            model=TwoClassLogits(crafter, crafter_weights).eval(),
             loss=nn.CrossEntropyLoss(),
             input_shape=(3, input_size, input_size),
             nb_classes=2,
@@ -380,6 +420,8 @@ class FaceAttacker:
             settings,
             attack_size(ensemble, settings),
             ensemble.device,
+            crafter_weights=crafting_weights(ensemble, settings),
+            scorer_weights=ensemble.weights,
         )
 
     def attack_crops(
@@ -416,6 +458,7 @@ class FaceAttacker:
             queries=queries,
             x_clean=x_np,
             x_adv=x_adv,
+            weights=self.scorer_weights,
         )
         if self.defence is not None and n:
             out.defended_clean = self.scorer(torch.from_numpy(self._defend(x_np)))
@@ -451,7 +494,7 @@ class FaceAttacker:
         adv = np.empty_like(x)
         queries = np.zeros(len(x), dtype=np.int64)
         for i in range(len(x)):
-            counter = _QueryCounter(self.scorer)
+            counter = _QueryCounter(self.scorer, self.scorer_weights)
             model = BlackBoxClassifierNeuralNetwork(
                 counter, (3, self.input_size, self.input_size), 2, clip_values=(0.0, 1.0)
             )
@@ -570,6 +613,8 @@ class _AttackingModels:
         self.segmentation_threshold = inner.segmentation_threshold
         self.face_detector_name = inner.face_detector_name
         self.has_embedder = inner.has_embedder
+        self.crop_margin = inner.crop_margin
+        self.ensemble_name = inner.ensemble_name
 
     def region_features(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self.inner.region_features(frames)
@@ -766,7 +811,8 @@ class VideoAttacker:
         clean_members = cat([r.clean.member_probabilities for r in records])
         attacked_members = cat([r.out.attacked for r in records])
         clean = cat([r.clean.probability for r in records])
-        attacked = attacked_members.mean(axis=1)
+        weights = self.models.ensemble.weights
+        attacked = combine(attacked_members, weights)
         threshold = self.settings.attack.threshold
         fake_clean = clean >= threshold
         out.update(
@@ -785,8 +831,8 @@ class VideoAttacker:
             out[_member_column("clean", name)] = video_score(structure, clean_members[:, j])
             out[_member_column("attacked", name)] = video_score(structure, attacked_members[:, j])
         if records[0].out.defended_clean is not None:
-            d_clean = cat([r.out.defended_clean for r in records]).mean(axis=1)
-            d_adv = cat([r.out.defended_attacked for r in records]).mean(axis=1)
+            d_clean = combine(cat([r.out.defended_clean for r in records]), weights)
+            d_adv = combine(cat([r.out.defended_attacked for r in records]), weights)
             out["defended_clean_score"] = video_score(structure, d_clean)
             out["defended_attacked_score"] = video_score(structure, d_adv)
         return out
@@ -1086,6 +1132,11 @@ def run_attack(
         ConfigError: ``out`` holds a different attack, or ``transfer_from`` names no member.
     """
     settings = settings or AttackRunSettings()
+    # Every actor runs the ensemble resolved here, whatever its environment says.
+    inference = pin_ensemble(settings.analysis.inference)
+    settings = settings.model_copy(
+        update={"analysis": settings.analysis.model_copy(update={"inference": inference})}
+    )
     out = Path(out)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -1133,38 +1184,22 @@ def run_attack(
 
 
 def _model_records(settings: AttackRunSettings) -> list[dict[str, Any]]:
-    """Member identity for ``attack.json``, read from the manifest (no model is loaded here).
+    """Member identity for ``attack.json``, read from the manifest (no model is loaded here),
+    by the ensemble's own rules (:func:`pipeline.models.ensemble.expected_infos`).
 
     Raises:
         ConfigError: ``transfer_from`` names no member.
+        CheckpointError: a checkpoint the manifest names is missing.
     """
-    inference = settings.analysis.inference
-    directory = resolve_model_dir(inference.model_dir)
-    manifest = directory.load()
-    specs = manifest.members
-    if inference.members is not None:
-        specs = [manifest.member(n) for n in inference.members]
-    names = [s.name for s in specs]
+    infos = expected_infos(settings.analysis.inference)
+    names = [i.name for i in infos]
     transfer = settings.attack.transfer_from
     if transfer is not None and transfer not in names:
         raise ConfigError(
             f"transfer_from {transfer!r} is not a member; members: {', '.join(names)}"
         )
-    records = []
-    for spec in specs:
-        path = directory.checkpoint_path(spec)
-        trained = path is not None and path.exists()
-        records.append(
-            {
-                "name": spec.name,
-                "version": spec.version,
-                "sha256": spec.sha256,
-                "weights": "trained" if trained else "random-init",
-                "trained_on": spec.trained_on if trained else "untrained (random init)",
-                "input_size": spec.input_size,
-            }
-        )
-    return records
+    keys = ("name", "version", "sha256", "weights", "trained_on", "input_size", "licence")
+    return [{k: getattr(i, k) for k in keys} for i in infos]
 
 
 def _frame(item: dict[str, Any]) -> Any:

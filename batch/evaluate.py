@@ -36,7 +36,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,13 +47,13 @@ import pyarrow.parquet as pq
 
 from batch.datasets import VideoRow, iter_face_sequence, read_dataset
 from dfd.version import __version__
-from pipeline.errors import CheckpointError, ConfigError, DfdError, UntrainedWeightsError
+from pipeline.errors import ConfigError, DfdError
 from pipeline.memory import release_free_memory
+from pipeline.models.ensemble import expected_infos, models_digest, pin_ensemble
 
 if TYPE_CHECKING:
     from batch.config import EvaluationConfig
     from pipeline.analyze import AnalysisSettings, Analyzer
-    from pipeline.models import InferenceSettings, MemberInfo
     from pipeline.result import Result
     from pipeline.stages import PipelineModels
 
@@ -140,70 +140,6 @@ def face_schema(member_names: Sequence[str]) -> pa.Schema:
 
 # ----------------------------------------------------------------------------------------------
 # Fingerprints: what must not change between the sessions of one run
-
-
-def models_digest(infos: Iterable[MemberInfo]) -> str:
-    """Short hash of the members (name, version, weights status, checkpoint sha256, input size).
-
-    Two sessions of a run, or the actor-pool and Serve options, scored with the same models
-    when their digests are equal.
-    """
-    key = sorted((i.name, i.version, i.weights, i.sha256 or "", int(i.input_size)) for i in infos)
-    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
-
-
-def expected_model_infos(settings: InferenceSettings) -> list[MemberInfo]:
-    """The :class:`MemberInfo` the actors will report, read from the manifest without loading
-    any network: lets the driver refuse a bad model directory before starting actors.
-
-    Raises:
-        ConfigError: no manifest, or an unknown member selected.
-        CheckpointError: a checkpoint the manifest names is missing.
-        UntrainedWeightsError: trained weights are required and a member has none.
-    """
-    from pipeline.models import MemberInfo
-    from pipeline.models.checkpoint import file_sha256
-    from pipeline.models.manifest import resolve_model_dir
-
-    directory = resolve_model_dir(settings.model_dir)
-    manifest = directory.load()
-    specs = manifest.members
-    if settings.members is not None:
-        specs = [manifest.member(n) for n in settings.members]
-    infos: list[MemberInfo] = []
-    for spec in specs:
-        path = directory.checkpoint_path(spec)
-        # Same rule as pipeline.models.ensemble.Member.load.
-        if path is None or (not path.exists() and spec.sha256 is None):
-            if settings.require_trained_weights:
-                raise UntrainedWeightsError(
-                    f"member {spec.name} has no trained checkpoint ({path or directory.root}) "
-                    "and require_trained_weights is set"
-                )
-            infos.append(
-                MemberInfo(
-                    spec.name,
-                    spec.version,
-                    "random-init",
-                    None,
-                    "",
-                    "untrained (random init)",
-                    spec.input_size,
-                )
-            )
-            continue
-        if not path.exists():
-            raise CheckpointError(
-                f"member {spec.name}: checkpoint {path} named in {directory.manifest_path} "
-                "is missing; restore it or re-import the weights"
-            )
-        sha256 = spec.sha256 or file_sha256(path)
-        infos.append(
-            MemberInfo(
-                spec.name, spec.version, "trained", sha256, "", spec.trained_on, spec.input_size
-            )
-        )
-    return infos
 
 
 #: Settings that change how fast a run goes, never its scores; left out of the fingerprint.
@@ -500,6 +436,7 @@ def _serve_models(app_name: str) -> PipelineModels:
         segmentation_threshold=float(feat["cut_threshold"]),
         has_embedder=bool(emb["available"]),
         members=tuple(infos),
+        ensemble=str(runner.get("ensemble", "custom")),
     )
     return RemoteModels(detector, embedder, features, members, description)
 
@@ -688,15 +625,14 @@ def _fingerprint(config: EvaluationConfig) -> dict[str, Any]:
         "service_version": __version__,
     }
     if config.serve_app is None:
-        infos = expected_model_infos(config.analysis.inference)
+        infos = expected_infos(config.analysis.inference)
     else:  # what the running deployments hold, as they describe themselves
         infos = _serve_models(config.serve_app).model_infos()
         fingerprint["serve_app"] = config.serve_app
     fingerprint["models_digest"] = models_digest(infos)
-    fingerprint["models"] = [
-        {"name": i.name, "version": i.version, "weights": i.weights, "sha256": i.sha256}
-        for i in infos
-    ]
+    fingerprint["ensemble"] = config.analysis.inference.ensemble
+    fields = ("name", "version", "weights", "sha256", "trained_on", "licence", "source", "weight")
+    fingerprint["models"] = [{k: getattr(i, k) for k in fields} for i in infos]
     return fingerprint
 
 
@@ -800,6 +736,11 @@ def run_evaluation(
     import ray
 
     started = time.perf_counter()
+    if config.serve_app is None:
+        # Every actor runs the ensemble resolved here, whatever its environment says.
+        inference = pin_ensemble(config.analysis.inference)
+        analysis = config.analysis.model_copy(update={"inference": inference})
+        config = config.model_copy(update={"analysis": analysis})
     folder = RunFolder(config.out)
     if rows is None:
         rows = read_dataset(
@@ -900,7 +841,7 @@ def _execute(
         names = member_names
         if not names:
             with contextlib.suppress(DfdError):
-                names = [i.name for i in expected_model_infos(config.analysis.inference)]
+                names = [i.name for i in expected_infos(config.analysis.inference)]
         folder.write_part(_lost_rows(lost, config.dataset, names), None)
         summary.processed += len(lost)
         summary.errors += len(lost)

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dfd.common import BackendOpt, cli_errors, err_console, out_console
+from dfd.common import BackendOpt, EnsembleOpt, cli_errors, err_console, out_console
 from pipeline.result import Result
 
 
@@ -48,6 +48,7 @@ def analyze(
     ] = None,
     model_dir: Annotated[Path | None, typer.Option(help="Model directory.")] = None,
     backend: BackendOpt = "auto",
+    ensemble: EnsembleOpt = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     no_galleries: Annotated[
         bool, typer.Option("--no-galleries", help="Skip the pictures.")
@@ -70,6 +71,7 @@ def analyze(
         no_galleries,
         allow_private_addresses,
         proxy,
+        ensemble,
     )
 
 
@@ -84,6 +86,7 @@ def run_analyze(
     no_galleries: bool,
     allow_private_addresses: bool,
     proxy: str | None,
+    ensemble: str | None = None,
 ) -> None:
     from pipeline.analyze import STAGES, AnalysisSettings, load_analyzer
     from pipeline.download import DownloadSettings
@@ -92,7 +95,7 @@ def run_analyze(
 
     settings = AnalysisSettings(
         inference=InferenceSettings.model_validate(
-            {"model_dir": model_dir, "backend": backend, "device": device}
+            {"model_dir": model_dir, "backend": backend, "device": device, "ensemble": ensemble}
         ),
         download=DownloadSettings(allow_private_addresses=allow_private_addresses, proxy=proxy),
         galleries=not no_galleries,

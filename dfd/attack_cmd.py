@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dfd.common import BackendOpt, cli_errors, err_console, out_console
+from dfd.common import BackendOpt, EnsembleOpt, cli_errors, err_console, out_console
 
 
 def attack(
@@ -39,6 +39,7 @@ def attack(
     ] = None,
     model_dir: Annotated[Path | None, typer.Option(help="Model directory.")] = None,
     backend: BackendOpt = "auto",
+    ensemble: EnsembleOpt = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     max_frames_per_shot: Annotated[int, typer.Option(help="Paper: 64.")] = 64,
     actors: Annotated[int, typer.Option(help="Actors in the pool.")] = 1,
@@ -72,8 +73,13 @@ def run_attack_cmd(**opts: object) -> None:
     try:
         settings = AttackRunSettings(
             analysis=AnalysisSettings(
-                inference=InferenceSettings(
-                    model_dir=o["model_dir"], backend=o["backend"], device=o["device"]
+                inference=InferenceSettings.model_validate(
+                    {
+                        "model_dir": o["model_dir"],
+                        "backend": o["backend"],
+                        "device": o["device"],
+                        "ensemble": o.get("ensemble"),
+                    }
                 ),
                 faces=FaceSettings(max_frames_per_shot=o["max_frames_per_shot"]),
                 galleries=False,

@@ -19,7 +19,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from dfd.common import BackendOpt, cli_errors, out_console
+from dfd.common import BackendOpt, EnsembleOpt, cli_errors, out_console
 
 app = typer.Typer(
     help="Benchmarks (figures for the closing notes and the README).", no_args_is_help=True
@@ -70,6 +70,7 @@ def _models_worker(cfg: dict[str, Any], conn: Any) -> None:
         device=cfg["device"],
         batch_size=1,
         member_workers=cfg["member_workers"],
+        ensemble=cfg["ensemble"],
     )
     ensemble = Ensemble.load(settings)
     conn.send({"load_s": time.perf_counter() - t0, "rss_loaded_mb": _peak_rss_mb()})
@@ -169,6 +170,7 @@ def models(
     repeats: Annotated[
         int, typer.Option(min=1, help="Timed runs per batch size; faces/s is their median.")
     ] = 3,
+    ensemble: EnsembleOpt = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     torch_threads: Annotated[int, typer.Option(help="torch.set_num_threads (0: default).")] = 0,
     member_workers: Annotated[
@@ -205,6 +207,7 @@ def models(
             "faces": faces,
             "torch_threads": torch_threads,
             "member_workers": member_workers,
+            "ensemble": ensemble,
         }
         for backend in backends.split(",")
     ]

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from dfd import analyze_cmd, bench, evaluate_cmd, models_cmd, serve_cmd, status_cmd
-from dfd.common import BackendOpt, cli_errors, err_console, out_console, setup_logging
+from dfd.common import BackendOpt, EnsembleOpt, cli_errors, err_console, out_console, setup_logging
 from dfd.version import __version__
 
 try:  # typer >= 0.22 runs its own copy of click
@@ -59,6 +59,7 @@ def score_faces(
     images: Annotated[list[Path], typer.Argument(help="Face crops (JPEG, PNG, WebP, BMP).")],
     model_dir: models_cmd.ModelDirOpt = None,
     backend: BackendOpt = "auto",
+    ensemble: EnsembleOpt = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the scores as JSON.")
     ] = None,
@@ -68,10 +69,12 @@ def score_faces(
     from pipeline.models import Ensemble, InferenceSettings
 
     crops = [load_image(p) for p in images]
-    settings = InferenceSettings.model_validate({"model_dir": model_dir, "backend": backend})
-    ensemble = Ensemble.load(settings)
-    pred = ensemble.predict(crops)
-    for w in ensemble.warnings():
+    settings = InferenceSettings.model_validate(
+        {"model_dir": model_dir, "backend": backend, "ensemble": ensemble}
+    )
+    scorer = Ensemble.load(settings)
+    pred = scorer.predict(crops)
+    for w in scorer.warnings():
         err_console.print(f"[bold yellow]WARNING[/]: {w}")
     rows = [
         {"image": str(p), "probability": float(pred.probability[i]), "members": pred.member_dict(i)}
@@ -92,8 +95,9 @@ def score_faces(
     if json_out is not None:
         payload = {
             "service_version": __version__,
-            "models": [vars(info) for info in ensemble.infos],
-            "warnings": ensemble.warnings(),
+            "ensemble": scorer.name,
+            "models": [vars(info) for info in scorer.infos],
+            "warnings": scorer.warnings(),
             "faces": rows,
         }
         json_out.write_text(json.dumps(payload, indent=2) + "\n")

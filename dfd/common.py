@@ -25,6 +25,17 @@ BackendOpt = Annotated[
 ]
 
 
+#: ``--ensemble`` of every command that scores faces (over ``$DFD_ENSEMBLE`` and the manifest's
+#: default, ``dfd models use``).
+EnsembleOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Named ensemble of the manifest: paper, mesonet, or your own "
+        "(default: $DFD_ENSEMBLE, else `dfd models use`, else auto)."
+    ),
+]
+
+
 def cli_errors(fn: F) -> F:
     """Turn a :class:`DfdError` into ``dfd: <title>: <detail>`` on stderr and its exit code."""
 

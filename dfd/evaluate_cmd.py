@@ -16,7 +16,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from dfd.common import BackendOpt, cli_errors, err_console, out_console
+from dfd.common import BackendOpt, EnsembleOpt, cli_errors, err_console, out_console
 from pipeline.errors import ConfigError
 
 
@@ -58,6 +58,7 @@ def evaluate(
         typer.Option(help="Score through this running Serve application's deployments."),
     ] = None,
     backend: BackendOpt = "auto",
+    ensemble: EnsembleOpt = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     cpus_per_actor: Annotated[float, typer.Option(help="Logical CPUs per actor.")] = 0.5,
     gpus_per_actor: Annotated[
@@ -84,7 +85,7 @@ def evaluate(
     run_evaluate(
         dataset, root, out, split, model_dir, actors, serve_app, backend, device,
         cpus_per_actor, gpus_per_actor, max_frames, per_face, retry_errors, limit, option,
-        address, report,
+        address, report, ensemble,
     )  # fmt: skip
 
 
@@ -108,6 +109,7 @@ def run_evaluate(
     option: list[str] | None,
     address: str | None,
     report: bool,
+    ensemble: str | None = None,
 ) -> None:
     import ray
     from pydantic import ValidationError
@@ -121,10 +123,13 @@ def run_evaluate(
     try:
         analysis = batch_analysis_settings().model_copy(
             update={
-                "inference": InferenceSettings(
-                    model_dir=model_dir,
-                    backend=backend,
-                    device=device,
+                "inference": InferenceSettings.model_validate(
+                    {
+                        "model_dir": model_dir,
+                        "backend": backend,
+                        "device": device,
+                        "ensemble": ensemble,
+                    }
                 ),
                 "faces": FaceSettings(
                     max_frames_per_shot=max_frames,

@@ -1,8 +1,9 @@
-"""``dfd models``: list, verify, init, import and export the ensemble's model directory."""
+"""``dfd models``: list, init, use, fetch, import, verify and export the model directory."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -13,7 +14,7 @@ from dfd.common import cli_errors, out_console
 from pipeline.errors import CheckpointError
 from pipeline.models.backends import OnnxRunner, export_onnx
 from pipeline.models.checkpoint import file_sha256, load_checkpoint
-from pipeline.models.manifest import ModelDirectory, resolve_model_dir
+from pipeline.models.manifest import AUTO, ModelDirectory, resolve_model_dir
 from pipeline.models.networks import build_network, calibrate_untrained
 from pipeline.models.preprocess import normalise
 
@@ -51,28 +52,41 @@ def list_(
     directory = resolve_model_dir(model_dir)
     manifest = directory.load()
     members = [_status(directory, m.name) for m in manifest.members]
+    active, specs = manifest.resolve(directory)
     if as_json:
         payload = {
             "model_dir": str(directory.root),
             "ensemble_version": manifest.ensemble_version,
+            "ensembles": manifest.ensembles,
+            "default_ensemble": manifest.default_ensemble,
+            "active_ensemble": active,
+            "active_members": [s.name for s in specs],
             "members": members,
         }
         print(json.dumps(payload, indent=2))
         return
     table = Table(title=f"models in {directory.root}")
-    for col in ("name", "architecture", "backbone", "input", "weights", "version", "trained on"):
+    columns = ("name", "architecture", "input", "output", "weights", "licence", "trained on")
+    for col in columns:
         table.add_column(col)
     for m in members:
         table.add_row(
             str(m["name"]),
-            str(m["architecture"]),
-            str(m["backbone"]),
+            f"{m['architecture']} {m['backbone']}".strip(),
             str(m["input_size"]),
+            str(m["output"]),
             str(m["weights"]),
-            str(m["version"]),
+            str(m["licence"]),
             str(m["trained_on"]),
         )
     out_console.print(table)
+    for name, listed in manifest.ensembles.items():
+        mark = " (active)" if name == active else ""
+        out_console.print(f"ensemble {name}{mark}: {', '.join(listed)}", highlight=False)
+    if active not in manifest.ensembles:
+        out_console.print(f"active: {active}: {', '.join(s.name for s in specs)}", highlight=False)
+    default = manifest.default_ensemble
+    out_console.print(f"default ensemble: {default} (change with `dfd models use NAME`)")
 
 
 @app.command()
@@ -94,16 +108,111 @@ def init(
 @app.command("import")
 @cli_errors
 def import_(
-    name: Annotated[str, typer.Argument(help="Member name, as in `dfd models list`.")],
-    checkpoint: Annotated[Path, typer.Argument(help="State dict (.pt or .safetensors).")],
+    target: Annotated[
+        list[str],
+        typer.Argument(
+            help="NAME FILE: a state dict for a member of the manifest; with --format, FILE: "
+            "a checkpoint exactly as its authors publish it.",
+            show_default=False,
+        ),
+    ],
     version: Annotated[str, typer.Option(help="Version of these weights.")],
-    trained_on: Annotated[str, typer.Option(help="Training data, e.g. 'DFDC'.")],
+    trained_on: Annotated[str, typer.Option(help="Training data, e.g. 'FF++ c23'.")],
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Upstream family: mesonet-keras, sbi, selimsef, icpr2020dfdc, deepfakebench, "
+            "fsfm. The member gets that family's architecture, preprocessing and output rule.",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Member name for --format (default: from the file).")
+    ] = None,
+    variant: Annotated[
+        str | None,
+        typer.Option(help="Architecture variant for --format when the keys cannot tell."),
+    ] = None,
+    ensemble: Annotated[
+        list[str] | None,
+        typer.Option(help="Add the member to this named ensemble (repeatable; created if new)."),
+    ] = None,
+    licence: Annotated[
+        str | None, typer.Option(help="Licence of the weights (default: the family's).")
+    ] = None,
     model_dir: ModelDirOpt = None,
 ) -> None:
-    """Copy a trained checkpoint into the model directory and record its sha256."""
+    """Add trained weights: a state dict for a member, or an upstream checkpoint (--format)."""
     directory = resolve_model_dir(model_dir)
-    spec = directory.import_checkpoint(name, checkpoint, version=version, trained_on=trained_on)
+    if fmt is None:
+        if len(target) != 2:
+            raise typer.BadParameter("give NAME FILE (or --format FAMILY FILE)")
+        member, checkpoint = target[0], Path(target[1])
+        spec = directory.import_checkpoint(
+            member, checkpoint, version=version, trained_on=trained_on, licence=licence
+        )
+        if ensemble:
+            directory.save(directory.load().with_member(spec, tuple(ensemble)))
+    else:
+        from pipeline.models.importers import import_format
+
+        if len(target) != 1:
+            raise typer.BadParameter("with --format give one FILE (the member name is --name)")
+        checkpoint = Path(target[0])
+        member = name or _member_name(fmt, checkpoint)
+        imported = import_format(fmt, checkpoint, member, variant)
+        spec = directory.add_member(
+            imported,
+            version=version,
+            trained_on=trained_on,
+            licence=licence,
+            source=f"{imported.spec.source} (sha256 {file_sha256(checkpoint)})".strip(),
+            ensembles=tuple(ensemble or ()),
+        )
     print(f"{spec.name}: {spec.checkpoint} sha256 {spec.sha256}")
+
+
+def _member_name(fmt: str, path: Path) -> str:
+    """A member name from the format and the file name: lower case, ``[a-z0-9_]``."""
+    stem = re.sub(r"[^a-z0-9]+", "_", path.stem.lower()).strip("_")
+    return f"{fmt.replace('-', '_')}_{stem}"[:64] or fmt.replace("-", "_")
+
+
+@app.command()
+@cli_errors
+def use(
+    ensemble: Annotated[str, typer.Argument(help="A named ensemble of the manifest, or auto.")],
+    model_dir: ModelDirOpt = None,
+) -> None:
+    """Make ENSEMBLE the one `dfd analyze`, the service, evaluation and attacks run
+    ($DFD_ENSEMBLE and --ensemble still override it)."""
+    directory = resolve_model_dir(model_dir)
+    manifest = directory.use(ensemble)
+    active, specs = manifest.resolve(directory)
+    note = " (auto)" if ensemble == AUTO else ""
+    print(f"default ensemble: {ensemble}{note}; runs {active}: {', '.join(s.name for s in specs)}")
+
+
+@app.command()
+@cli_errors
+def fetch(
+    name: Annotated[str, typer.Argument(help="A known member or ensemble, e.g. mesonet.")],
+    mirror: Annotated[
+        str | None,
+        typer.Option(
+            help="A folder or http(s) base URL laid out like shared/weights "
+            "(default: $DFD_WEIGHTS_MIRROR, else the pinned upstream URLs)."
+        ),
+    ] = None,
+    model_dir: ModelDirOpt = None,
+) -> None:
+    """Download a known member's published weights, check their sha256, convert and record
+    them (licence and source) in the manifest; on any failure nothing changes."""
+    from pipeline.models.fetch import fetch_members
+
+    directory = resolve_model_dir(model_dir, create_default=False)
+    for spec in fetch_members(directory, name, mirror=mirror):
+        print(f"{spec.name}: {spec.checkpoint} ({spec.licence}; {spec.source})")
 
 
 @app.command()

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from batch.evaluate import expected_model_infos, models_digest
 from dfd.version import __version__
 from evaluation.report import (
     DASH,
@@ -37,6 +36,7 @@ from evaluation.report import (
 )
 from pipeline.errors import ConfigError, DfdError
 from pipeline.models import InferenceSettings, MemberInfo
+from pipeline.models.ensemble import expected_infos, models_digest, resolve_ensemble
 from pipeline.models.manifest import Manifest, resolve_model_dir
 from pipeline.result import SCHEMA_VERSION, ScoreBands
 
@@ -90,12 +90,14 @@ def _members_table(manifest: Manifest, infos: Sequence[MemberInfo]) -> Table:
             [
                 spec.name,
                 spec.architecture + (f" ({spec.head.position} positions)" if spec.head else ""),
-                spec.backbone,
+                spec.backbone or DASH,
                 f"{spec.input_size} px",
                 spec.version,
                 "TRAINED" if info.weights == "trained" else "UNTRAINED (random init)",
                 info.trained_on,
                 spec.licence,
+                spec.source or DASH,
+                f"{spec.weight:g}",
                 (info.sha256 or DASH)[:12],
             ]
         )
@@ -109,10 +111,12 @@ def _members_table(manifest: Manifest, infos: Sequence[MemberInfo]) -> Table:
             "weights",
             "trained on",
             "licence",
+            "source",
+            "weight",
             "sha256",
         ],
         rows,
-        caption="Ensemble members (paper 3.2): probabilities averaged",
+        caption="Ensemble members: probabilities averaged, weighted by each member's weight",
     )
 
 
@@ -122,6 +126,7 @@ def _sections(
     runs: Sequence[RunMetrics],
     source: str,
     model_dir: Path,
+    ensemble: str = "default",
 ) -> list[tuple[str, Any]]:
     untrained = [i.name for i in infos if i.weights != "trained"]
     current = models_digest(infos)
@@ -147,6 +152,8 @@ def _sections(
                 "weights with `dfd models import` before relying on any score.",
             )
         )
+    for caveat in dict.fromkeys(i.caveat for i in infos if i.caveat):
+        items.append(("warn", caveat + "."))
     if not runs:
         items.append(
             (
@@ -172,8 +179,8 @@ def _sections(
             "list",
             [
                 f"Service version {__version__} (x.y.z as in paper 5.3); result schema "
-                f"{SCHEMA_VERSION}; ensemble version {manifest.ensemble_version}; models "
-                f"digest {current}.",
+                f"{SCHEMA_VERSION}; ensemble {ensemble!r} (version "
+                f"{manifest.ensemble_version}); models digest {current}.",
                 "Type: a pipeline, not a single network (paper 3.1): shot segmentation, MTCNN "
                 "face detection (square boxes enlarged 1.3x, at most 64 frames per shot), face "
                 "tracks (graph of face similarity, connected components, small tracks dropped), "
@@ -407,12 +414,14 @@ def render_model_card(
         raise ConfigError(f"model card format must be 'markdown' or 'html', got {fmt!r}")
     directory = resolve_model_dir(model_dir)
     manifest = directory.load()
+    settings = InferenceSettings(model_dir=directory.root)
     try:
-        infos = expected_model_infos(InferenceSettings(model_dir=directory.root))
+        infos = expected_infos(settings)
+        _, ensemble, _ = resolve_ensemble(settings)
     except DfdError as exc:
         raise ConfigError(f"cannot describe the models in {directory.root}: {exc.detail}") from exc
     runs, source = _figures(report)
-    items = _sections(manifest, infos, runs, source, directory.root)
+    items = _sections(manifest, infos, runs, source, directory.root, ensemble)
     base = Path.cwd()
     if fmt == "html":
         return render_html(items, base, "Model card: DeepFake detection service")

@@ -33,12 +33,13 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict
 
-from batch.evaluate import RunFolder
+from batch.evaluate import MEMBER_PREFIX, RunFolder
 from dfd.version import __version__
 from evaluation.metrics import (
     ALL,
     GroupMetrics,
     MetricReport,
+    balanced_accuracy,
     choose_threshold,
     compute_metrics,
     roc_auc,
@@ -120,6 +121,10 @@ class RunMetrics(BaseModel):
     frame: MetricReport | None
     frame_at_threshold: MetricReport | None
     frame_note: str
+    #: Video-level AUC and balanced accuracy (threshold 0.5) of each member alone, on the
+    #: evaluated rows that have a score: ``{"name", "n", "auc", "ba"}``; a figure is None when
+    #: the rows hold one class only.
+    members: list[dict[str, Any]] = []
 
 
 @dataclass
@@ -277,6 +282,7 @@ def _load_run(
     fingerprint = info.get("fingerprint", {})
     models = list(fingerprint.get("models", []))
     errors = predictions[predictions["error"].notna()]
+    members = _member_figures(evaluated)
     metrics = RunMetrics(
         name=name or run_dir.resolve().name,
         run_dir=str(run_dir.resolve()),
@@ -300,6 +306,7 @@ def _load_run(
         frame=frame,
         frame_at_threshold=frame_t,
         frame_note=frame_note,
+        members=members,
     )
     warnings = []
     if metrics.untrained:
@@ -818,11 +825,11 @@ def _sections(runs: Sequence[_Run], plots: dict[str, list[Path]]) -> list[tuple[
                 else f"none ({m.threshold_note})"
             ),
             f"service version(s): {', '.join(m.service_versions)}; models: "
-            + ", ".join(
-                f"{x['name']} {x.get('version', '?')} ({x.get('weights', '?')})" for x in m.models
-            ),
+            + ", ".join(_model_words(x) for x in m.models),
         ]
         items.append(("list", facts))
+        if m.members:
+            items.append(("table", members_table(m)))
         for level in ("video", "frame"):
             table = detail_table(m, level)
             if table is not None:
@@ -978,3 +985,48 @@ def load_report(path: Path) -> tuple[list[RunMetrics], dict[str, Any]]:
     except (json.JSONDecodeError, KeyError, ValueError) as exc:
         raise ConfigError(f"{file} is not a dfd report ({exc})") from exc
     return runs, payload
+
+
+def _model_words(model: dict[str, Any]) -> str:
+    """One member as the report names it: version, weights status, training data, licence."""
+    words = [str(model.get("weights", "?"))]
+    if model.get("weights") == "trained" and model.get("trained_on"):
+        words.append(f"trained on {model['trained_on']}")
+    if model.get("licence"):
+        words.append(f"licence {model['licence']}")
+    return f"{model['name']} {model.get('version', '?')} ({'; '.join(words)})"
+
+
+def _member_figures(evaluated: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each member alone at video level (its ``member_<name>`` column), then the ensemble
+    (``score``) on the same rows, as :class:`RunMetrics` ``members`` describes."""
+    columns = [c for c in evaluated.columns if c.startswith(MEMBER_PREFIX)]
+    out = []
+    for column in [*columns, "score"] if columns else []:
+        rows = evaluated[evaluated[column].notna()]
+        labels = rows["label"].to_numpy(dtype=np.int64)
+        scores = rows[column].to_numpy(dtype=np.float64)
+        name = column[len(MEMBER_PREFIX) :] if column != "score" else "ensemble"
+        both = len(set(labels.tolist())) == 2
+        out.append(
+            {
+                "name": name,
+                "n": len(rows),
+                "auc": roc_auc(labels, scores) if both else None,
+                "ba": balanced_accuracy(labels, scores, 0.5) if both else None,
+            }
+        )
+    return out
+
+
+def members_table(m: RunMetrics) -> Table:
+    def pct(x: float | None) -> str:
+        return DASH if x is None else f"{100 * x:.1f}"
+
+    rows = [[f["name"], str(f["n"]), pct(f["auc"]), pct(f["ba"])] for f in m.members]
+    return Table(
+        ["member", "videos", "AUC %", "BA % (t = 0.5)"],
+        rows,
+        caption=f"Run {m.name}: each member alone and the ensemble, video level, all rows scored",
+        notes=["No confidence intervals here; the ensemble's are in the tables below."],
+    )

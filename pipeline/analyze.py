@@ -34,7 +34,7 @@ from pipeline.artefacts import ArtefactSink
 from pipeline.cluster import TrackFace, build_tracks
 from pipeline.download import DownloadSettings, fetch
 from pipeline.errors import CorruptMediaError, MissingFileError, TooLargeError
-from pipeline.faces import Detection, FaceSettings, crop, select_frame_times
+from pipeline.faces import Detection, FaceSettings, crop, select_frame_times, square_box
 from pipeline.media import DEFAULT_MAX_PIXELS, MediaInfo, iter_frames, load_image, probe
 from pipeline.memory import release_free_memory
 from pipeline.models import InferenceSettings
@@ -267,16 +267,28 @@ class Analyzer:
                     sha256=m.sha256,
                     backend=m.backend,
                     trained_on=m.trained_on,
+                    architecture=m.architecture,
+                    licence=m.licence,
+                    source=m.source,
+                    description=m.description,
+                    weight=m.weight,
                 )
                 for m in self.models.model_infos()
             ],
+            ensemble=self.models.ensemble_name,
             methods=methods,
             timings={k: round(v, 4) for k, v in timer.seconds.items()},
             warnings=warnings,
         )
 
     def _crop(self, frame: np.ndarray, det: Detection) -> np.ndarray:
-        return _shrink(crop(frame, det), self.settings.crop_max_side)
+        """The face's crop at the margin the scoring members need (their largest; the paper's
+        1.3 for its five and for MesoNet), which each member narrows to its own."""
+        margin = self.models.crop_margin
+        box = det.box
+        if margin != self.settings.faces.margin:
+            box = square_box(det.raw_box, frame.shape[1], frame.shape[0], margin)
+        return _shrink(crop(frame, box), self.settings.crop_max_side)
 
     # -- images ------------------------------------------------------------------------------
 

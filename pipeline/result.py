@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 Label = Literal["likely-real", "uncertain", "likely-manipulated", "no-faces"]
 WeightsStatus = Literal["trained", "random-init"]
@@ -93,12 +93,22 @@ class ShotResult(_Model):
 
 
 class ModelInfo(_Model):
+    """A member that scored: identity, provenance and whether its weights are trained."""
+
     name: str
     version: str
     weights: WeightsStatus
     sha256: str | None
     backend: str
     trained_on: str
+    architecture: str = ""
+    licence: str = ""
+    #: Where the weights come from (upstream project and file), as the manifest records it.
+    source: str = ""
+    #: Plain words on what the member is and where it is weak.
+    description: str = ""
+    #: Weight in the ensemble's weighted mean.
+    weight: float = 1.0
 
 
 class Methods(_Model):
@@ -123,6 +133,8 @@ class Result(_Model):
     shots: list[ShotResult]
     faces_total: int
     models: list[ModelInfo]
+    #: The named ensemble that scored (``paper``, ``mesonet``, a user's own).
+    ensemble: str | None = None
     methods: Methods
     #: Seconds per stage, in order.
     timings: dict[str, float]

@@ -36,6 +36,10 @@ class PipelineModels(Protocol):
     segmentation_threshold: float
     face_detector_name: str
     has_embedder: bool
+    #: The margin face crops for :meth:`score_faces` are cut at (the members' largest).
+    crop_margin: float
+    #: The named ensemble that scores (``paper``, ``mesonet``, ...).
+    ensemble_name: str
 
     def region_features(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Frames ``(H, W, 3) uint8 RGB`` -> one ``(R, D)`` unit-norm descriptor set each."""
@@ -77,6 +81,8 @@ class LocalModels:
         self.segmentation_method = extractor.name
         self.segmentation_threshold = extractor.cut_threshold
         self.has_embedder = embedder is not None
+        self.crop_margin = ensemble.crop_margin
+        self.ensemble_name = ensemble.name
 
     @classmethod
     def load(

@@ -9,6 +9,21 @@ PORT="${DFD_PORT:-8000}"
 SERVER="http://127.0.0.1:${PORT}"
 DFD=.venv/bin/dfd
 
+# Real scores out of the box: the four MesoNet detectors (Apache-2.0), from the shared weights
+# folder when it is there, else from their pinned upstream URLs (sha256-checked). The `auto`
+# ensemble runs them until trained weights of the paper's five are imported.
+if [ -z "${DFD_WEIGHTS_MIRROR:-}" ] && [ -d ../shared/weights/mesonet ]; then
+  export DFD_WEIGHTS_MIRROR="$(cd ../shared/weights && pwd)"
+fi
+if ! "$DFD" models list --json | .venv/bin/python -c '
+import json, sys
+d = json.load(sys.stdin)
+mesonet = set(d["ensembles"].get("mesonet", []))
+present = {m["name"] for m in d["members"] if m["weights"] == "present"}
+sys.exit(0 if mesonet and mesonet <= present else 1)'; then
+  "$DFD" models fetch mesonet
+fi
+
 "$DFD" serve --port "$PORT" &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT INT TERM

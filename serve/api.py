@@ -705,13 +705,15 @@ def create_api(ctx: ApiContext) -> FastAPI:
     @app.get("/v1/version", tags=["service"])
     async def version(_: Caller) -> dict[str, Any]:
         """Service version (paper 5.3: x.y.z), result schema version and deployed models."""
-        models = None
+        models = ensemble = None
         with contextlib.suppress(Exception):
-            models = (await asyncio.wait_for(ctx.runner.describe(), timeout=5))["models"]
+            described = await asyncio.wait_for(ctx.runner.describe(), timeout=5)
+            models, ensemble = described["models"], described.get("ensemble")
         return {
             "service_version": __version__,
             "schema_version": SCHEMA_VERSION,
             "api_version": "v1",
+            "ensemble": ensemble,
             "models": models,
         }
 

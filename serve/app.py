@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from ray.serve import Application, Deployment
 
-from pipeline.models import resolve_model_dir
+from pipeline.models.ensemble import pin_ensemble, resolve_ensemble
 from serve.config import ServiceConfig, load_config
 from serve.deployments import (
     FaceDetectorDeployment,
@@ -60,11 +60,16 @@ def model_deployment_names(config: ServiceConfig) -> list[str]:
 
 
 def _member_names(cfg: ServiceConfig) -> list[str]:
-    inference = cfg.analysis.inference
-    manifest = resolve_model_dir(inference.model_dir).load()
-    if inference.members is not None:
-        return [manifest.member(n).name for n in inference.members]
-    return [m.name for m in manifest.members]
+    _, _, specs = resolve_ensemble(cfg.analysis.inference)
+    return [s.name for s in specs]
+
+
+def _pin_ensemble(cfg: ServiceConfig) -> ServiceConfig:
+    """``cfg`` with the ensemble resolved once here (``$DFD_ENSEMBLE``, the manifest's default
+    or ``auto``), so that every replica, wherever it starts, loads the same members."""
+    inference = pin_ensemble(cfg.analysis.inference)
+    analysis = cfg.analysis.model_copy(update={"inference": inference})
+    return cfg.model_copy(update={"analysis": analysis})
 
 
 def build_app(config: ServiceConfig) -> Application:
@@ -73,7 +78,7 @@ def build_app(config: ServiceConfig) -> Application:
     Raises:
         ConfigError: no model manifest where the configuration points.
     """
-    cfg = config.resolved()
+    cfg = _pin_ensemble(config.resolved())
     use_gpus = cfg.use_gpus()
     d = cfg.deployments
     names = _member_names(cfg)

@@ -307,7 +307,13 @@ class JobRunnerDeployment:
         from serve.jobs import JobWorker, cache_namespace
         from serve.remote_models import RemoteModels
 
-        models = await RemoteModels.connect(detector, embedder, features, members)
+        models = await RemoteModels.connect(
+            detector,
+            embedder,
+            features,
+            members,
+            ensemble=config.analysis.inference.ensemble or "custom",
+        )
         self.models = models
         self.namespace = cache_namespace(config.analysis, models.model_infos())
         self.worker = JobWorker(
@@ -330,6 +336,7 @@ class JobRunnerDeployment:
             "face_detector": d.face_detector_name,
             "segmentation": d.segmentation_method,
             "has_embedder": d.has_embedder,
+            "ensemble": d.ensemble,
             "models": [vars(i) for i in d.members],
             "warnings": self.models.warnings(),
         }

@@ -39,6 +39,7 @@ from pipeline.analyze import AnalysisSettings, Analyzer
 from pipeline.download import DownloadSettings, fetch
 from pipeline.errors import DfdError
 from pipeline.models import MemberInfo
+from pipeline.models.ensemble import models_digest
 from pipeline.result import Result
 from serve.config import JobSettings
 from serve.jobstore import (
@@ -101,11 +102,7 @@ def cache_namespace(settings: AnalysisSettings, infos: Sequence[MemberInfo]) -> 
     settings: ``<version>+<digest>``. Paper 5.3 bumps the version when either changes; the
     digest also covers a deployment that swaps weights without bumping it."""
     settings_part = settings.model_dump(mode="json", exclude={"download", "shot_workers"})
-    models_part = [
-        {"name": i.name, "version": i.version, "weights": i.weights, "sha256": i.sha256}
-        for i in infos
-    ]
-    raw = json.dumps({"settings": settings_part, "models": models_part}, sort_keys=True)
+    raw = json.dumps({"settings": settings_part, "models": models_digest(infos)}, sort_keys=True)
     return f"{__version__}+{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 

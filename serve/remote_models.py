@@ -2,10 +2,11 @@
 
 :class:`RemoteModels` implements :class:`pipeline.stages.PipelineModels`, so the job runner runs
 the very :class:`pipeline.analyze.Analyzer` that ``dfd analyze`` runs, with each model in its own
-deployment (paper 3.3: every block is its own micro-service). The five members are called
-concurrently and their sigmoid probabilities averaged exactly as
-:meth:`pipeline.models.Ensemble.predict` does; only the grouping of faces into forward passes
-differs (``@serve.batch`` mixes requests), which moves scores by float rounding only.
+deployment (paper 3.3: every block is its own micro-service). The members are called
+concurrently, each with its own centred square of the face crops, and their sigmoid
+probabilities combined by the same rules as :meth:`pipeline.models.Ensemble.predict`
+(:mod:`pipeline.models.ensemble`); only the grouping of faces into forward passes differs
+(``@serve.batch`` mixes requests), which moves scores by float rounding only.
 
 Calls block (``DeploymentResponse.result()``): use this from worker threads, never from an event
 loop. Overload of a model deployment (its bounded queue is full) is waited out with backoff up
@@ -37,6 +38,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from pipeline.errors import ModelError
 from pipeline.faces import Detection
 from pipeline.models import EnsemblePrediction, MemberInfo
+from pipeline.models.ensemble import combine, context_margin, member_crops, untrained_warning
 
 __all__ = ["ModelsDescription", "RemoteModels", "untrained_warning"]
 
@@ -48,18 +50,6 @@ _OVERLOADED = (BackPressureError, DeploymentUnavailableError)
 _REPLICA_LOST = (RayActorError, ReplicaUnavailableError, WorkerCrashedError, ObjectLostError)
 
 
-def untrained_warning(infos: Sequence[MemberInfo]) -> list[str]:
-    """The warning :meth:`pipeline.models.Ensemble.warnings` gives, from member infos (the
-    members live in other processes here, so the ensemble object is not at hand)."""
-    untrained = [i.name for i in infos if i.weights != "trained"]
-    if not untrained:
-        return []
-    return [
-        f"{len(untrained)} of {len(infos)} models run with random, untrained "
-        f"weights ({', '.join(untrained)}): scores are not meaningful"
-    ]
-
-
 @dataclass(frozen=True)
 class ModelsDescription:
     """What the model deployments said about themselves when the runner connected."""
@@ -69,6 +59,7 @@ class ModelsDescription:
     segmentation_threshold: float
     has_embedder: bool
     members: tuple[MemberInfo, ...]
+    ensemble: str = "custom"
 
 
 class RemoteModels:
@@ -97,6 +88,8 @@ class RemoteModels:
         self.segmentation_threshold = description.segmentation_threshold
         self.has_embedder = description.has_embedder
         self.member_names = tuple(i.name for i in description.members)
+        self.crop_margin = context_margin(description.members)
+        self.ensemble_name = description.ensemble
         self._retry_timeout_s = retry_timeout_s
         self._max_replica_losses = max_replica_losses
 
@@ -108,6 +101,7 @@ class RemoteModels:
         features: DeploymentHandle,
         members: Sequence[DeploymentHandle],
         *,
+        ensemble: str = "custom",
         retry_timeout_s: float = 120.0,
     ) -> RemoteModels:
         """Ask every deployment what it runs (awaits; call from async code, e.g. a replica's
@@ -122,6 +116,7 @@ class RemoteModels:
             segmentation_threshold=float(feat["cut_threshold"]),
             has_embedder=bool(emb["available"]),
             members=tuple(i["info"] for i in infos),
+            ensemble=ensemble,
         )
         return cls(
             detector, embedder, features, members, description, retry_timeout_s=retry_timeout_s
@@ -147,19 +142,23 @@ class RemoteModels:
         return np.asarray(self._call(self._embedder.embed.remote, list(crops)))
 
     def score_faces(self, crops: Sequence[np.ndarray]) -> EnsemblePrediction:
-        """All members at once (concurrent requests), probabilities averaged (paper 3.1)."""
+        """All members at once (concurrent requests), probabilities combined (paper 3.1).
+
+        ``crops`` are cut at :attr:`crop_margin`; each member gets its own centred square.
+        """
+        infos = self.description.members
         n, m = len(crops), len(self._members)
         member_probs = np.zeros((n, m), dtype=np.float64)
         if n:
-            batch = list(crops)
             # Ray puts the crops in the object store once per request; the requests run in
-            # parallel on five replicas.
+            # parallel on the members' replicas.
+            batches = [list(member_crops(crops, i.crop_margin, self.crop_margin)) for i in infos]
             calls = [h.predict.remote for h in self._members]
-            pending = [self._submit(call, batch) for call in calls]
+            pending = [self._submit(c, b) for c, b in zip(calls, batches, strict=True)]
             for j, (call, response) in enumerate(zip(calls, pending, strict=True)):
-                probs = self._resolve(response, call, batch)
+                probs = self._resolve(response, call, batches[j])
                 member_probs[:, j] = np.asarray(probs, dtype=np.float64)
-        prob = member_probs.mean(axis=1) if n else np.zeros(0, dtype=np.float64)
+        prob = combine(member_probs, [i.weight for i in infos])
         return EnsemblePrediction(prob, member_probs, self.member_names)
 
     def model_infos(self) -> list[MemberInfo]:

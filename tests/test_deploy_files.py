@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import importlib
+import re
 import shlex
+import subprocess
 import tomllib
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -367,6 +369,36 @@ def test_constraints_pin_the_installed_versions() -> None:
     }
     assert not stale, f"regenerate deploy/constraints.txt (see its header): {stale}"
     assert "dfd-service" not in pinned
+
+
+def make_dry_run(target: str, tmp_path: Path) -> list[str]:
+    """The commands ``make TARGET`` would run for a virtualenv that does not exist yet."""
+    venv = tmp_path / "venv"
+    out = subprocess.run(
+        ["make", "--dry-run", "--always-make", f"VENV={venv}", target],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("target", ["install", "test", "demo"])
+def test_every_install_uses_the_constraints(target: str, tmp_path: Path) -> None:
+    # Without the pins, `make install` on a fresh machine takes the newest release of every
+    # dependency and test_constraints_pin_the_installed_versions fails on any upstream release.
+    installs = [c for c in make_dry_run(target, tmp_path) if "pip install" in c]
+    assert installs, f"make {target} installs nothing?"
+    for command in installs:
+        words = shlex.split(command)
+        assert "-c" in words, f"unpinned install in make {target}: {command}"
+        assert words[words.index("-c") + 1] == "deploy/constraints.txt", command
+
+
+def test_ci_runs_the_pinned_make_test() -> None:
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.MULTILINE), ci
 
 
 def test_constraints_cover_every_dependency() -> None:

@@ -81,6 +81,14 @@ def load_checkpoint(module: nn.Module, path: Path, expected_sha256: str | None) 
             "the file is corrupt or not the one the manifest names"
         )
     state = read_state_dict(path)
+    check_state_dict(module, state, f"checkpoint {path}")
+    module.load_state_dict(state, strict=True)
+    return actual
+
+
+def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`CheckpointError` naming ``what`` and the missing, unexpected or wrongly
+    shaped keys unless ``state`` loads into ``module`` with ``strict=True``."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -97,6 +105,4 @@ def load_checkpoint(module: nn.Module, path: Path, expected_sha256: str | None) 
     if shapes:
         problems.append(f"shape mismatch: {_keys(shapes)}")
     if problems:
-        raise CheckpointError(f"checkpoint {path} does not fit the network: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)
-    return actual
+        raise CheckpointError(f"{what} does not fit the network: " + "; ".join(problems))

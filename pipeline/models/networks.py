@@ -7,14 +7,24 @@ downloaded at run time; trained weights arrive through checkpoints).
 
 from __future__ import annotations
 
-import hashlib
+from typing import Any
 
 import timm
 import torch
 from torch import Tensor, nn
 
+from pipeline.errors import ConfigError
 from pipeline.models.detr import DetrHead
+from pipeline.models.registry import build_network, init_seed
 from pipeline.models.spec import MemberSpec
+
+__all__ = [
+    "DetrClassifier",
+    "EfficientNetClassifier",
+    "build_network",
+    "calibrate_untrained",
+    "init_seed",
+]
 
 
 class EfficientNetClassifier(nn.Module):
@@ -49,26 +59,28 @@ class DetrClassifier(nn.Module):
         return torch.stack(logits, dim=0).mean(dim=0)
 
 
-def init_seed(spec: MemberSpec) -> int:
-    """Seed for random initialisation, fixed by the member's name and architecture.
+def build_efficientnet(spec: MemberSpec) -> nn.Module:
+    return EfficientNetClassifier(spec.backbone)
 
-    Untrained members must still give the same scores in every process (CLI, Serve replicas,
-    Ray Data actors), so their initialisation cannot depend on the global RNG state.
+
+def build_detr(spec: MemberSpec) -> nn.Module:
+    return DetrClassifier(spec)
+
+
+def build_timm(spec: MemberSpec) -> nn.Module:
+    """Any timm classifier: ``spec.backbone`` with ``spec.num_classes`` logits.
+
+    ``options``: ``global_pool`` (e.g. ``"avg"`` for a ViT pooled over patch tokens),
+    ``drop_rate`` and ``drop_path_rate`` (inactive in eval mode; kept for training).
     """
-    digest = hashlib.sha256(f"{spec.name}:{spec.architecture_digest()}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-def build_network(spec: MemberSpec) -> nn.Module:
-    """Build the member's network, randomly initialised with :func:`init_seed`, in eval mode."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed(spec))
-        net: nn.Module = (
-            EfficientNetClassifier(spec.backbone)
-            if spec.architecture == "efficientnet"
-            else DetrClassifier(spec)
-        )
-    return net.eval()
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": spec.num_classes}
+    for key in ("global_pool", "drop_rate", "drop_path_rate"):
+        if key in spec.options:
+            kwargs[key] = spec.options[key]
+    unknown = set(spec.options) - {"global_pool", "drop_rate", "drop_path_rate"}
+    if unknown:
+        raise ConfigError(f"member {spec.name}: unknown timm options {sorted(unknown)}")
+    return timm.create_model(spec.backbone, **kwargs)
 
 
 def calibrate_untrained(

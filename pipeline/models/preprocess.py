@@ -10,15 +10,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.errors import BadInputError
+from pipeline.models.spec import ResizeRule
 
 
-def crops_to_unit_batch(crops: Sequence[np.ndarray], size: int, device: torch.device) -> Tensor:
+def crops_to_unit_batch(
+    crops: Sequence[np.ndarray],
+    size: int,
+    device: torch.device,
+    resize: ResizeRule = "stretch",
+) -> Tensor:
     """Resize each crop to ``size`` and stack: ``(N, 3, size, size)`` float32 in [0, 1].
 
     ``crops`` are ``(H, W, 3)`` uint8 RGB arrays of any size. Each crop is resized on its own
     (bilinear with antialiasing), so a face's tensor does not depend on the rest of the batch.
+    ``resize="letterbox"`` keeps a crop's aspect ratio (longest side to ``size``) and centres it
+    on zeros; ``"stretch"`` fills the square.
     """
-    out = torch.empty((len(crops), 3, size, size), dtype=torch.float32, device=device)
+    out = torch.zeros((len(crops), 3, size, size), dtype=torch.float32, device=device)
     for i, crop in enumerate(crops):
         if (
             crop.dtype != np.uint8
@@ -32,12 +40,30 @@ def crops_to_unit_batch(crops: Sequence[np.ndarray], size: int, device: torch.de
         # Crops may be read-only views (e.g. of a decoded frame): copy those rather than alias.
         t = torch.from_numpy(np.require(crop, requirements=["C", "W"])).to(device)
         t = t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        if t.shape[-2:] != (size, size):
+        h, w = t.shape[-2:]
+        th, tw = size, size
+        if resize == "letterbox" and h != w:
+            scale = size / max(h, w)
+            th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+        if (h, w) != (th, tw):
             t = F.interpolate(
-                t, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                t, size=(th, tw), mode="bilinear", antialias=True, align_corners=False
             )
-        out[i] = t[0].clamp_(0.0, 1.0)
+        top, left = (size - th) // 2, (size - tw) // 2
+        out[i, :, top : top + th, left : left + tw] = t[0].clamp_(0.0, 1.0)
     return out
+
+
+def centre_crop_tensor(x: Tensor, fraction: float) -> Tensor:
+    """The centred ``fraction`` of ``x`` ``(N, C, H, W)`` along both sides (differentiable;
+    ``x`` itself when ``fraction >= 1``). Same rounding as
+    :func:`pipeline.models.ensemble.member_crops`."""
+    if fraction >= 1.0:
+        return x
+    h, w = x.shape[-2:]
+    side_h, side_w = max(1, round(h * fraction)), max(1, round(w * fraction))
+    top, left = (h - side_h) // 2, (w - side_w) // 2
+    return x[..., top : top + side_h, left : left + side_w]
 
 
 def normalise(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

@@ -36,7 +36,10 @@ class InferenceSettings(BaseModel):
     #: Members of an ensemble scored side by side (CPU runtimes only: on CUDA, and for torch on
     #: CPU with its own thread pool, they run in turn); 0: one per core, at most one per member.
     member_workers: int = Field(0, ge=0)
-    #: Restrict to these members (by name); None means all in the manifest.
+    #: The named ensemble of the manifest to run (``paper``, ``mesonet``, a user's own); None:
+    #: ``$DFD_ENSEMBLE``, else the manifest's default (``dfd models use NAME``), else ``auto``.
+    ensemble: str | None = None
+    #: Run exactly these members (by name) instead of a named ensemble.
     members: list[str] | None = None
 
     def torch_device(self) -> torch.device:

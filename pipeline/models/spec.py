@@ -50,17 +50,53 @@ class DetrHeadSpec(BaseModel):
         return self
 
 
+#: How a network's raw output becomes the probability of manipulation (see :mod:`.outputs`):
+#: ``fake-logit`` one logit, sigmoid = P(fake) (the paper's members); ``real-logit`` one logit,
+#: sigmoid = P(real) (MesoNet); ``softmax`` one logit per class, ``fake_index`` is the fake one.
+OutputKind = Literal["fake-logit", "real-logit", "softmax"]
+#: ``stretch`` resizes the crop to ``input_size`` squared; ``letterbox`` keeps its aspect ratio
+#: (longest side to ``input_size``) and pads the rest with zeros, centred (the DFDC winner's
+#: ``isotropically_resize_image`` + ``put_to_center``). Face crops are square, so the two
+#: differ only where a face's square did not fit in the frame.
+ResizeRule = Literal["stretch", "letterbox"]
+#: Architecture options: small typed values only, hashed into the architecture digest.
+OptionValue = str | int | float | bool
+#: Paper 3.1: the face box grows by 1.3x (30% per side length), square.
+PAPER_CROP_MARGIN = 1.3
+
+
 class MemberSpec(BaseModel):
-    """One ensemble member: architecture, preprocessing, weights and provenance."""
+    """One ensemble member: architecture, preprocessing, output convention, weights, provenance.
+
+    Preprocessing (crop margin, resize rule, input size, mean/std) and the output convention are
+    data here, read by every path that runs the member (CLI, Serve, Ray Data, ART), so that a
+    member imported from another project runs exactly as its authors preprocess it.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z0-9_]+$")
-    architecture: Literal["efficientnet", "detr"]
-    backbone: str
+    #: A name in :data:`pipeline.models.registry.ARCHITECTURES`.
+    architecture: str
+    #: timm model name where the architecture builds on one ("" where it does not).
+    backbone: str = ""
+    #: Architecture-specific switches (e.g. EfficientNet static padding), see the registry.
+    options: dict[str, OptionValue] = Field(default_factory=dict)
     input_size: int = Field(300, ge=16, le=1024)
+    #: Pixel values in [0, 1] become ``(x - mean) / std``; mean 0 and std 1 keep [0, 1].
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    resize: ResizeRule = "stretch"
+    #: Side of the member's square face crop / longer side of the detected face box. The
+    #: pipeline cuts one crop per face at the largest margin of the ensemble's members; each
+    #: member takes the centred square of its own margin from it (see ``preprocess.centre_crop``).
+    crop_margin: float = Field(PAPER_CROP_MARGIN, ge=1.0, le=4.0)
+    output: OutputKind = "fake-logit"
+    #: Number of classes of a ``softmax`` output, and which class is "fake".
+    num_classes: int = Field(1, ge=1)
+    fake_index: int = Field(0, ge=0)
+    #: Weight of this member in the ensemble's weighted mean of probabilities.
+    weight: float = Field(1.0, gt=0.0)
     head: DetrHeadSpec | None = None
     #: Checkpoint file name, relative to the model directory (``.pt`` or ``.safetensors``).
     checkpoint: str | None = None
@@ -68,7 +104,23 @@ class MemberSpec(BaseModel):
     version: str = "0.0.0"
     trained_on: str = "not trained"
     licence: str = "Apache-2.0"
+    #: Where the weights come from (upstream project, URL, file's sha256 as published).
+    source: str = ""
     description: str = ""
+    #: A limitation every result scored by this member states in plain words (members sharing
+    #: a caveat state it once), e.g. that a 2018 model has limited reach on recent fakes.
+    caveat: str = ""
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, v: str) -> str:
+        from pipeline.models.registry import ARCHITECTURES
+
+        if v not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {v!r}; known: {', '.join(sorted(ARCHITECTURES))}"
+            )
+        return v
 
     @field_validator("std")
     @classmethod
@@ -80,17 +132,31 @@ class MemberSpec(BaseModel):
     @model_validator(mode="after")
     def _head_matches(self) -> MemberSpec:
         if (self.architecture == "detr") != (self.head is not None):
-            raise ValueError("a 'detr' member needs a head spec, an 'efficientnet' member none")
+            raise ValueError("a 'detr' member needs a head spec, other architectures none")
+        if self.output == "softmax":
+            if self.num_classes < 2 or self.fake_index >= self.num_classes:
+                raise ValueError(
+                    f"a softmax output needs num_classes >= 2 and fake_index < num_classes, got "
+                    f"{self.num_classes} and {self.fake_index}"
+                )
+        elif self.num_classes != 1:
+            raise ValueError(f"a {self.output} output has one logit, not {self.num_classes}")
         return self
 
     @property
-    def preprocess_key(self) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-        """Members with equal keys share one preprocessed batch."""
-        return (self.input_size, self.mean, self.std)
+    def unit_key(self) -> tuple[int, str, float]:
+        """Members with equal keys share one resized ``[0, 1]`` batch (input size, resize rule,
+        crop margin); normalisation is each member's own."""
+        return (self.input_size, self.resize, self.crop_margin)
 
     def architecture_digest(self) -> str:
         """Hash of everything that shapes the network (not weights or provenance)."""
-        shape = self.model_dump(include={"architecture", "backbone", "input_size", "head"})
+        include = {"architecture", "backbone", "input_size", "head"}
+        # Fields added after the first release enter the digest only when they differ from
+        # their defaults, so the cached exports of existing members stay valid.
+        extra = {"options": {}, "output": "fake-logit", "num_classes": 1, "fake_index": 0}
+        include |= {k for k, default in extra.items() if getattr(self, k) != default}
+        shape = self.model_dump(include=include)
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 

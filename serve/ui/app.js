@@ -493,16 +493,16 @@ function untrainedWarning(models) {
   );
 }
 
-function modelsTable(models) {
+function modelsTable(models, ensemble) {
   if (!models || !models.length) return h("p", {}, "The service did not list its models.");
   return h("div", { class: "table-scroll" }, h(
     "table",
     { class: "data-table models-table" },
-    h("caption", {}, "Detection models of the ensemble"),
+    h("caption", {}, ensemble ? `Detection models of the ensemble “${ensemble}”` : "Detection models of the ensemble"),
     h(
       "thead",
       {},
-      h("tr", {}, ["Model", "Version", "Weights", "Backend", "Trained on", "Checksum"].map((t) => h("th", { scope: "col" }, t))),
+      h("tr", {}, ["Model", "Version", "Weights", "Backend", "Trained on", "Licence", "Source", "Checksum"].map((t) => h("th", { scope: "col" }, t))),
     ),
     h(
       "tbody",
@@ -522,6 +522,8 @@ function modelsTable(models) {
           ),
           h("td", {}, m.backend || "–"),
           h("td", {}, m.trained_on || "–"),
+          h("td", {}, m.licence || "–"),
+          h("td", {}, m.source || "–"),
           h("td", { class: "mono" }, m.sha256 ? `${m.sha256.slice(0, 12)}…` : "–"),
         ),
       ),
@@ -1442,7 +1444,7 @@ async function aboutView(signal) {
         "Versions follow x.y.z: x changes when the output changes, y when the processing pipeline or models change, z for minor fixes.",
       ),
       untrainedWarning(version.models),
-      version.models ? modelsTable(version.models) : h("p", {}, "The models are still loading; reload in a moment to see them."),
+      version.models ? modelsTable(version.models, version.ensemble) : h("p", {}, "The models are still loading; reload in a moment to see them."),
     );
   } catch (error) {
     if (signal.aborted || error.name === "AbortError") return;

@@ -20,10 +20,8 @@ from batch.datasets import VideoRow, read_dataset
 from batch.evaluate import (
     RunFolder,
     analysis_digest,
-    expected_model_infos,
     face_schema,
     member_column,
-    models_digest,
     prediction_schema,
     run_evaluation,
     score_sequentially,
@@ -34,6 +32,7 @@ from pipeline.analyze import AnalysisSettings
 from pipeline.errors import ConfigError
 from pipeline.faces import FaceSettings
 from pipeline.models import Ensemble, InferenceSettings
+from pipeline.models.ensemble import expected_infos, models_digest
 from tests.support.datasets import build_ffpp, build_wdf, face_frames
 from tests.support.models import make_model_dir
 
@@ -169,7 +168,7 @@ def test_digests(model_dir: Path) -> None:
     settings = settings_for(model_dir)
     ensemble = Ensemble.load(settings.inference)
     # The driver's manifest-only reading gives the digest the actors' loaded models give.
-    assert models_digest(expected_model_infos(settings.inference)) == models_digest(ensemble.infos)
+    assert models_digest(expected_infos(settings.inference)) == models_digest(ensemble.infos)
     faster = settings.model_copy(
         update={"inference": settings.inference.model_copy(update={"backend": "onnx"})}
     )

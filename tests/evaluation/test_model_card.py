@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from batch.evaluate import expected_model_infos, models_digest
 from evaluation.model_card import find_report, render_model_card
 from evaluation.report import write_report
 from pipeline.errors import ConfigError
 from pipeline.models import InferenceSettings
+from pipeline.models.ensemble import expected_infos, models_digest
 from tests.evaluation.test_report import SHIFTS, write_run
 from tests.support.models import make_model_dir
 
@@ -37,7 +37,7 @@ def trained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run_for(model_dir: Path, root: Path, **kw: object) -> Path:
     """A run whose rows were scored by exactly the models in ``model_dir``."""
-    infos = expected_model_infos(InferenceSettings(model_dir=model_dir))
+    infos = expected_infos(InferenceSettings(model_dir=model_dir))
     models = [{"name": i.name, "version": i.version, "weights": i.weights} for i in infos]
     return write_run(
         root, "ffpp", manipulations=SHIFTS, models=models, digest=models_digest(infos), **kw

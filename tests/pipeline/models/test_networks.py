@@ -49,7 +49,7 @@ def test_members_2_and_3_differ_exactly_by_positional_parameters() -> None:
 
 def test_member_4_is_a_distinct_two_scale_architecture() -> None:
     spec = tiny_members()[3]
-    net = build_network(spec)
+    net = build_network(spec).body
     assert isinstance(net, DetrClassifier)
     assert len(net.heads) == 2
     assert net.backbone.feature_info.reduction() == [16, 32]
