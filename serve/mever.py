@@ -35,6 +35,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.aggregate import argmax_or_none, max_or_none, track_score
+from pipeline.models.importers.fsfm import FSFM_SOURCE
 from serve.jobs import source_artefact
 from serve.jobstore import Job, JobStatus
 from serve.problems import ProblemError
@@ -46,9 +48,11 @@ __all__ = [
     "DEFAULT_SERVICES",
     "IMAGE_SERVICES",
     "VIDEO_SERVICES",
+    "fsfm_members",
     "image_report",
     "mever_router",
     "mever_status",
+    "rescored",
     "video_report",
 ]
 
@@ -82,6 +86,42 @@ def _top_shot(result: dict[str, Any]) -> dict[str, Any] | None:
         if shot.get("index") == top:
             return shot
     return shots[0] if shots else None
+
+
+def fsfm_members(result: dict[str, Any]) -> list[str]:
+    """Names of the result's members imported from FSFM checkpoints (``faceswap_fsfm``)."""
+    return [
+        m["name"]
+        for m in result.get("models", [])
+        if FSFM_SOURCE in str(m.get("source", "")) and m.get("weights") == "trained"
+    ]
+
+
+def rescored(result: dict[str, Any], members: list[str]) -> dict[str, Any]:
+    """``result`` with every face scored by the mean of ``members`` alone, and tracks, shots
+    and the medium re-aggregated by the pipeline's rules (track mean, shot max, medium max)."""
+    shots = []
+    for shot in result.get("shots", []):
+        clusters = []
+        for cluster in shot.get("clusters", []):
+            faces = [
+                {**f, "score": sum(f["member_scores"][m] for m in members) / len(members)}
+                for f in cluster["faces"]
+            ]
+            clusters.append(
+                {**cluster, "faces": faces, "score": track_score([f["score"] for f in faces])}
+            )
+        shots.append({**shot, "clusters": clusters, "score": max_or_none(
+            [c["score"] for c in clusters]
+        )})  # fmt: skip
+    scores = [s["score"] for s in shots]
+    top = argmax_or_none(scores)
+    return {
+        **result,
+        "shots": shots,
+        "score": max_or_none(scores),
+        "top_shot": shots[top]["index"] if top is not None else None,
+    }
 
 
 def video_report(result: dict[str, Any], video_url: str) -> dict[str, Any]:
@@ -234,8 +274,12 @@ def mever_router(ctx: ApiContext, service: JobsService) -> APIRouter:
         result = service.resolved_result(job, lambda p: artefacts + p)
         video_url = artefacts + source_artefact(result["source"]["format"])
         body: dict[str, Any] = {}
+        fsfm = fsfm_members(result)
         for name in job.options["mever"]["services"]:
-            if name in VIDEO_SERVICES:
+            if name == "faceswap_fsfm" and fsfm:
+                # With an FSFM member in the ensemble, its report is that member's own.
+                body[f"{name}_report"] = video_report(rescored(result, fsfm), video_url)
+            elif name in VIDEO_SERVICES:
                 body[f"{name}_report"] = video_report(result, video_url)
             else:
                 body[f"{name}_report"] = image_report(result)

@@ -7,6 +7,7 @@ its random weights. Here every mismatch is an error that names the file and the 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
@@ -60,7 +61,8 @@ def write_state_dict(module: nn.Module, path: Path) -> str:
     return file_sha256(path)
 
 
-def _keys(keys: list[str]) -> str:
+def format_keys(keys: list[str]) -> str:
+    """``keys`` for an error message: the first few in sorted order and how many more."""
     shown = ", ".join(sorted(keys)[:_MAX_KEYS_IN_MESSAGE])
     more = len(keys) - _MAX_KEYS_IN_MESSAGE
     return shown + (f" (+{more} more)" if more > 0 else "")
@@ -89,20 +91,33 @@ def load_checkpoint(module: nn.Module, path: Path, expected_sha256: str | None) 
 def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """Raise :class:`CheckpointError` naming ``what`` and the missing, unexpected or wrongly
     shaped keys unless ``state`` loads into ``module`` with ``strict=True``."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    check_state_keys(state, module.state_dict(), what)
+
+
+def check_state_keys(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    what: str,
+    ignored: Collection[str] = (),
+) -> None:
+    """Raise :class:`CheckpointError` starting with ``what`` unless ``state`` has exactly the keys
+    of ``expected`` (besides ``ignored`` ones, allowed but not required) with their shapes.
+
+    The message lists the missing, unexpected and misshapen keys under ``state``'s names.
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected and k not in ignored]
     shapes = [
         f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in own.items()
+        for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_keys(missing)}")
+        problems.append(f"missing keys: {format_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_keys(unexpected)}")
+        problems.append(f"unexpected keys: {format_keys(unexpected)}")
     if shapes:
-        problems.append(f"shape mismatch: {_keys(shapes)}")
+        problems.append(f"shape mismatch: {format_keys(shapes)}")
     if problems:
         raise CheckpointError(f"{what} does not fit the network: " + "; ".join(problems))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import platformdirs
+import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
@@ -235,7 +236,11 @@ class ModelDirectory:
 
         spec = imported.spec
         state = {k: v.detach().cpu().contiguous() for k, v in imported.state.items()}
-        check_state_dict(build_network(spec), state, f"converted checkpoint of {spec.name}")
+        # Keys and shapes only: a network on the meta device allocates no weights (a ViT-B
+        # took 2 s to build for this check on the CPU).
+        with torch.device("meta"):
+            net = build_network(spec)
+        check_state_dict(net, state, f"converted checkpoint of {spec.name}")
         manifest = self.load() if self.exists() else None
         self.root.mkdir(parents=True, exist_ok=True)
         dest = self.root / f"{spec.name}.safetensors"

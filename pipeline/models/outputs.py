@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from pipeline.models.spec import MemberSpec
@@ -25,7 +26,10 @@ def fake_logit(raw: Tensor, spec: MemberSpec) -> Tensor:
     whose sigmoid equals the softmax probability exactly (two classes: ``z_fake - z_real``).
     """
     if spec.output == "softmax":
-        if raw.ndim != 2 or raw.shape[1] != spec.num_classes:
+        # A traced shape comparison is a constant in the graph and warns (TracerWarning); the
+        # check is for eager calls, an export's shapes are the traced network's own.
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if not tracing and (raw.ndim != 2 or raw.shape[1] != spec.num_classes):
             raise ValueError(
                 f"{spec.name}: expected (N, {spec.num_classes}) logits, got {raw.shape}"
             )

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from pipeline.models.importers.fsfm import FSFM_SOURCE
 from pipeline.stages import LocalModels
 from serve.config import (
     AuthSettings,
@@ -28,7 +29,7 @@ from serve.config import (
 )
 from serve.jobs import JobWorker, cache_namespace
 from serve.jobstore import Job, JobStatus, Progress, SQLiteJobStore
-from serve.mever import image_report, video_report
+from serve.mever import fsfm_members, image_report, rescored, video_report
 from serve.problems import PROBLEM_BASE_URI
 from tests.serve.conftest import analysis_settings, local_service, wait_for, wait_job
 from tests.support.httpserver import LoopbackServer, file_response, stall_response, status_response
@@ -372,6 +373,40 @@ def test_mever_reports_from_a_result() -> None:
     no_faces = {**result, "score": None, "top_shot": None, "shots": result["shots"][:1]}
     assert video_report(no_faces, "v")["prediction"] == 0.0
     assert image_report(no_faces) == {"prediction": 0.0, "info": []}
+
+
+def test_faceswap_fsfm_report_comes_from_the_fsfm_member() -> None:
+    def face(ens: float, fsfm: float) -> dict[str, object]:
+        return {"score": ens, "member_scores": {"m1": ens, "fsfm_ff": fsfm}}
+
+    shot = {"index": 0, "start_s": 0.0, "end_s": 3.0, "score": 0.9, "gallery": "g"}
+    result = {
+        "score": 0.9,
+        "top_shot": 1,
+        "models": [
+            {"name": "m1", "source": "", "weights": "trained"},
+            {"name": "fsfm_ff", "source": f"{FSFM_SOURCE} x (sha256 0)", "weights": "trained"},
+        ],
+        "shots": [
+            {**shot, "score": 0.2, "clusters": [{"score": 0.2, "faces": [face(0.2, 0.7)]}]},
+            {
+                **shot,
+                "index": 1,
+                "clusters": [
+                    {"score": 0.9, "collage": "c", "faces": [face(0.9, 0.1), face(0.9, 0.3)]},
+                ],
+            },
+        ],
+    }
+    assert fsfm_members(result) == ["fsfm_ff"]
+    fsfm = rescored(result, fsfm_members(result))
+    assert fsfm["score"] == pytest.approx(0.7) and fsfm["top_shot"] == 0
+    assert fsfm["shots"][1]["clusters"][0]["score"] == pytest.approx(0.2)
+    report = video_report(fsfm, "v")
+    assert report["prediction"] == pytest.approx(0.7)
+    assert report["results"][1]["face_predictions"] == [pytest.approx(0.2)]
+    # Without an FSFM member there is nothing to rescore by.
+    assert fsfm_members({**result, "models": result["models"][:1]}) == []
 
 
 def test_mever_routes_are_guarded(

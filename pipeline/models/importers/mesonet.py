@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import CheckpointError
-from pipeline.models.checkpoint import check_state_dict, file_sha256
-from pipeline.models.importers.base import ImportedMember
+from pipeline.models.checkpoint import check_state_dict
+from pipeline.models.importers.base import ImportedMember, upstream_source
 from pipeline.models.mesonet import VARIANTS, check_variant, mesonet_spec
 from pipeline.models.registry import builder
 
@@ -118,7 +118,7 @@ def import_mesonet(path: Path, name: str, variant: str | None) -> ImportedMember
             f"import it as variant {found!r}"
         )
     spec = mesonet_spec(name, variant).model_copy(
-        update={"source": f"Keras weights {path.name} (sha256 {file_sha256(path)})"}
+        update={"source": upstream_source("Keras weights", path)}
     )
     net = builder(variant)(spec)
     own = net.state_dict()

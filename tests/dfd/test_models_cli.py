@@ -1,0 +1,143 @@
+"""``dfd models fetch | use | import --format`` and scoring with real weights, as a user runs them:
+real subprocesses, exit codes, one-line errors, and a model directory left as it was on failure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.dfd.test_cli import dfd
+from tests.pipeline.models.importers.test_sbi import Detector, sam_state
+
+
+def weights_dir(shared_data: Path) -> Path:
+    folder = shared_data.parent / "weights"
+    if not (folder / "mesonet").is_dir():
+        pytest.skip(f"no shared weights at {folder}")
+    return folder
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def fetched(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A DFD_HOME whose default model directory holds the four MesoNet members."""
+    home = tmp_path_factory.mktemp("home")
+    mirror = weights_dir(shared_data)
+    out = dfd("models", "fetch", "mesonet", "--mirror", str(mirror), home=home)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("Apache-2.0") == 4
+    return home
+
+
+def test_auto_runs_mesonet_once_fetched(fetched: Path) -> None:
+    payload = json.loads(dfd("models", "list", "--json", home=fetched).stdout)
+    assert payload["active_ensemble"] == "mesonet"
+    assert payload["default_ensemble"] == "auto"
+    meso = [m for m in payload["members"] if m["name"] in payload["ensembles"]["mesonet"]]
+    assert {m["weights"] for m in meso} == {"present"}
+    assert all("DariusAf/MesoNet" in m["source"] for m in meso)
+
+
+def test_score_faces_with_real_weights_says_what_ran(
+    fetched: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    faces = sorted((shared_data.parent / "weights" / "golden" / "inputs").glob("mesonet_*.png"))
+    out = tmp_path / "scores.json"
+    run = dfd("score-faces", *map(str, faces), "--json", str(out), home=fetched)
+    assert run.returncode == 0, run.stderr
+    payload = json.loads(out.read_text())
+    assert payload["ensemble"] == "mesonet"
+    assert {m["weights"] for m in payload["models"]} == {"trained"}
+    assert any("2018" in w for w in payload["warnings"]), payload["warnings"]
+    assert not any("untrained" in w for w in payload["warnings"])
+    by_name = {Path(f["image"]).name: f["probability"] for f in payload["faces"]}
+    # Upstream's own test faces: the two Deepfake faces score above the two real ones.
+    fakes = [by_name["mesonet_df00204.png"], by_name["mesonet_df01254.png"]]
+    reals = [by_name["mesonet_real00240.png"], by_name["mesonet_real00772.png"]]
+    assert min(fakes) > max(reals)
+
+
+def test_use_and_env_pick_the_ensemble(fetched: Path) -> None:
+    used = dfd("models", "use", "paper", home=fetched)
+    assert used.returncode == 0, used.stderr
+    try:
+        listed = json.loads(dfd("models", "list", "--json", home=fetched).stdout)
+        assert listed["active_ensemble"] == "paper"
+        bad = dfd("models", "use", "nope", home=fetched)
+        assert bad.returncode == 4
+        assert "no ensemble named 'nope'" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    finally:
+        assert dfd("models", "use", "auto", home=fetched).returncode == 0
+
+
+def test_fetch_failures_change_nothing(fetched: Path, tmp_path: Path, shared_data: Path) -> None:
+    mirror = tmp_path / "mirror"
+    shutil.copytree(weights_dir(shared_data), mirror)
+    damaged = mirror / "mesonet" / "MesoInception_F2F.h5"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    models = fetched / "models"
+    before = snapshot(models)
+    out = dfd("models", "fetch", "mesonet", "--mirror", str(mirror), home=fetched)
+    assert out.returncode == 4
+    assert "MesoInception_F2F.h5" in out.stderr and "sha256" in out.stderr
+    assert snapshot(models) == before
+    missing = dfd("models", "fetch", "mesonet", "--mirror", str(tmp_path / "none"), home=fetched)
+    assert missing.returncode == 3, missing.stderr
+    assert snapshot(models) == before
+
+
+def test_import_format_adds_a_member_to_an_ensemble(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    src = tmp_path / "FFraw.tar"
+    # As SBI's src/train_sbi.py saves it (random weights: only the layout matters here).
+    detector = Detector()
+    torch.save({"model": detector.state_dict(), "optimizer": sam_state(detector), "epoch": 1}, src)
+    run = dfd(
+        "models", "import", "--format", "sbi", str(src), "--name", "sbi_ffraw",
+        "--version", "ffraw", "--trained-on", "FF++ raw", "--ensemble", "public", home=home,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    payload = json.loads(dfd("models", "list", "--json", home=home).stdout)
+    assert payload["ensembles"]["public"] == ["sbi_ffraw"]
+    (member,) = [m for m in payload["members"] if m["name"] == "sbi_ffraw"]
+    assert member["weights"] == "present" and member["input_size"] == 380
+    assert member["output"] == "softmax" and member["fake_index"] == 1
+    assert "non-commercial" in member["licence"].lower() or "noncommercial" in member["licence"]
+
+
+def test_import_format_refuses_bad_files_and_writes_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert dfd("models", "list", home=home).returncode == 0
+    models = home / "models"
+    before = snapshot(models)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv1.weight": torch.zeros(3, 3, 3, 3)}, wrong)
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(b"PK\x03\x04 not a whole file")
+    for fmt, path in [("sbi", wrong), ("selimsef", wrong), ("icpr2020dfdc", truncated)]:
+        run = dfd(
+            "models", "import", "--format", fmt, str(path),
+            "--version", "1", "--trained-on", "x", home=home,
+        )  # fmt: skip
+        assert run.returncode == 4, (fmt, run.stderr)
+        assert str(path) in run.stderr and len(run.stderr.strip().splitlines()) == 1
+        assert snapshot(models) == before
+    unknown = dfd(
+        "models", "import", "--format", "nope", str(wrong), "--version", "1", "--trained-on", "x",
+        home=home,
+    )  # fmt: skip
+    assert unknown.returncode == 4 and "unknown checkpoint format 'nope'" in unknown.stderr
