@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dfd import analyze_cmd, bench, evaluate_cmd, models_cmd, serve_cmd, status_cmd
+from dfd import analyze_cmd, bench, evaluate_cmd, faces_cmd, models_cmd, serve_cmd, status_cmd
 from dfd.common import BackendOpt, EnsembleOpt, cli_errors, err_console, out_console, setup_logging
 from dfd.version import __version__
 
@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(bench.app, name="bench")
+app.add_typer(faces_cmd.app, name="faces")
 app.command("analyze")(analyze_cmd.analyze)
 app.command("attack")(__import__("dfd.attack_cmd", fromlist=["attack"]).attack)
 app.add_typer(serve_cmd.keys_app, name="keys")
