@@ -38,7 +38,12 @@ from pipeline.models.backends import (
 from pipeline.models.checkpoint import file_sha256, load_checkpoint
 from pipeline.models.manifest import ModelDirectory, resolve_model_dir
 from pipeline.models.networks import build_network, calibrate_untrained
-from pipeline.models.preprocess import centre_crop_tensor, crops_to_unit_batch, normalise
+from pipeline.models.preprocess import (
+    centre_crop_tensor,
+    centre_window,
+    crops_to_unit_batch,
+    normalise,
+)
 from pipeline.models.settings import InferenceSettings
 from pipeline.models.spec import PAPER_CROP_MARGIN, MemberSpec
 
@@ -211,10 +216,8 @@ def member_crops(
     fraction = crop_margin / context
     out = []
     for c in crops:
-        h, w = c.shape[:2]
-        side_h, side_w = max(1, round(h * fraction)), max(1, round(w * fraction))
-        top, left = (h - side_h) // 2, (w - side_w) // 2
-        out.append(c[top : top + side_h, left : left + side_w])
+        rows, cols = centre_window(c.shape[0], c.shape[1], fraction)
+        out.append(c[rows, cols])
     return out
 
 

@@ -54,16 +54,23 @@ def crops_to_unit_batch(
     return out
 
 
-def centre_crop_tensor(x: Tensor, fraction: float) -> Tensor:
-    """The centred ``fraction`` of ``x`` ``(N, C, H, W)`` along both sides (differentiable;
-    ``x`` itself when ``fraction >= 1``). Same rounding as
-    :func:`pipeline.models.ensemble.member_crops`."""
-    if fraction >= 1.0:
-        return x
-    h, w = x.shape[-2:]
+def centre_window(h: int, w: int, fraction: float) -> tuple[slice, slice]:
+    """Rows and columns of the centred ``fraction`` of an ``h x w`` image (at least one pixel).
+
+    The one rounding rule for a member's own square inside the pipeline's wider crop, used on
+    uint8 crops (:func:`pipeline.models.ensemble.member_crops`) and on tensors alike."""
     side_h, side_w = max(1, round(h * fraction)), max(1, round(w * fraction))
     top, left = (h - side_h) // 2, (w - side_w) // 2
-    return x[..., top : top + side_h, left : left + side_w]
+    return slice(top, top + side_h), slice(left, left + side_w)
+
+
+def centre_crop_tensor(x: Tensor, fraction: float) -> Tensor:
+    """The centred ``fraction`` of ``x`` ``(N, C, H, W)`` along both sides (differentiable;
+    ``x`` itself when ``fraction >= 1``)."""
+    if fraction >= 1.0:
+        return x
+    rows, cols = centre_window(x.shape[-2], x.shape[-1], fraction)
+    return x[..., rows, cols]
 
 
 def normalise(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

@@ -405,23 +405,6 @@ def test_attacked_scores_are_aggregated_like_the_clean_run() -> None:
     assert video_score([], scores) is None
 
 
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    """One local Ray for the module, never another cluster."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "disabled")
-        mp.delenv("RAY_ADDRESS", raising=False)
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
-
-
 @pytest.mark.ray
 def test_ray_run_matches_the_evaluation_run(
     ray_local: None, model_dir: Path, shared_data: Path, tmp_path: Path

@@ -202,28 +202,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    """One local Ray for the module: 4 logical CPUs (actors ask 0.5 each), no auth, never
-    another cluster."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "disabled")
-        mp.delenv("RAY_ADDRESS", raising=False)
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                from ray import serve
-
-                serve.shutdown()
-            ray.shutdown()
-
-
 def _records(folder: RunFolder) -> dict[str, dict[str, Any]]:
     table = folder.predictions()
     assert table is not None

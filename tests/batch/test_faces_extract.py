@@ -3,9 +3,7 @@ DFDC frame, a face-crop folder and a corrupt video, in-process and once through 
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -211,25 +209,6 @@ def test_execution_settings_may_change(
 def test_empty_folder_reads_empty(tmp_path: Path) -> None:
     faces = read_faces(tmp_path / "nothing")
     assert faces.empty and list(faces.columns) == FACE_SCHEMA.names
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    """One local Ray for the module (as in test_evaluate.py): 4 logical CPUs, no auth, never
-    another cluster."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "disabled")
-        mp.delenv("RAY_ADDRESS", raising=False)
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                ray.shutdown()
 
 
 @pytest.mark.ray
