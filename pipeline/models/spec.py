@@ -65,6 +65,40 @@ OptionValue = str | int | float | bool
 PAPER_CROP_MARGIN = 1.3
 
 
+class TrainingRecord(BaseModel):
+    """How a member trained by ``dfd train`` was made: data, recipe, validation, code.
+
+    Paper section 5.3: a model's version changes when the model changes; this record says what
+    changed it, and the model card shows it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Datasets and manipulations of the training faces (``"original"`` for real ones).
+    datasets: tuple[str, ...]
+    manipulations: tuple[str, ...]
+    #: Which split trained and which validated, and where the splits came from.
+    split: str
+    videos: int = Field(ge=0)
+    #: Face crops seen per epoch (before pseudo-fakes).
+    frames: int = Field(ge=0)
+    #: How pseudo-fakes were made, if any (self-blended images).
+    pseudo_fakes: str = ""
+    #: Where the weights started (random, a pretrained backbone, a checkpoint, a member).
+    init: str
+    #: Optimiser, learning rate, batch, epochs, augmentations, workers...
+    recipe: dict[str, OptionValue]
+    #: Validation figures of the kept (best) epoch: auc, balanced_accuracy, loss, epoch, frames.
+    validation: dict[str, float]
+    #: ``dfd`` version and git commit of the code that trained it; the command line.
+    code_version: str
+    git_commit: str = ""
+    command: str = ""
+    #: Digest of the faces folder's extraction settings and parts (which crops trained it).
+    faces_digest: str = ""
+    finished_at: str = ""
+
+
 class MemberSpec(BaseModel):
     """One ensemble member: architecture, preprocessing, output convention, weights, provenance.
 
@@ -110,6 +144,8 @@ class MemberSpec(BaseModel):
     #: A limitation every result scored by this member states in plain words (members sharing
     #: a caveat state it once), e.g. that a 2018 model has limited reach on recent fakes.
     caveat: str = ""
+    #: Set when the weights were trained by ``dfd train``.
+    training: TrainingRecord | None = None
 
     @field_validator("architecture")
     @classmethod

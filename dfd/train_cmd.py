@@ -1,0 +1,120 @@
+"""``dfd train``: train or fine-tune one member on a faces folder with Ray Train.
+
+``dfd train --faces faces/ffpp --member meso4_df --out runs/meso4-ft`` fine-tunes on the crops of
+``dfd faces extract`` with the paper's recipe and writes the best epoch into the model directory
+as a new version of the member (see :mod:`batch.train`). ``--resume RUN`` continues a run.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dfd.common import cli_errors, err_console, out_console
+from pipeline.errors import ConfigError
+
+
+def train(
+    faces: Annotated[Path, typer.Option(help="A faces folder of `dfd faces extract`.")],
+    member: Annotated[
+        str, typer.Option(help="Member to train: one of the manifest, or sbi_lite0.")
+    ],
+    out: Annotated[Path | None, typer.Option(help="A new run folder.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run folder from its newest checkpoint.")
+    ] = None,
+    init: Annotated[Path | None, typer.Option(help="Start from this checkpoint file.")] = None,
+    from_member: Annotated[
+        str | None, typer.Option(help="Start from this member's trained weights.")
+    ] = None,
+    init_backbone: Annotated[
+        bool,
+        typer.Option(
+            "--init-backbone", help="Start the backbone from ImageNet weights (EfficientNet-Lite)."
+        ),
+    ] = False,
+    save_as: Annotated[
+        str | None, typer.Option(help="Record the result under this member name.")
+    ] = None,
+    ensemble: Annotated[
+        list[str] | None, typer.Option(help="Ensemble the trained member joins (repeatable).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs (paper: 25).")] = 25,
+    batch_size: Annotated[int, typer.Option(help="Faces per step and worker (paper: 32).")] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (paper: 1e-4).")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = 0.0,
+    no_augment: Annotated[
+        bool, typer.Option("--no-augment", help="Train without the paper's augmentations.")
+    ] = False,
+    cutout_p: Annotated[float, typer.Option(help="Probability of Face-Cutout.")] = 0.5,
+    sbi: Annotated[
+        bool,
+        typer.Option("--sbi", help="Self-blended pseudo-fakes from the real training faces."),
+    ] = False,
+    max_steps: Annotated[
+        int | None, typer.Option(help="At most this many steps per epoch (a smoke test).")
+    ] = None,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="Store float16 weights (checked within 1e-3).")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the validation pseudo-fakes.")] = 0,
+    workers: Annotated[int, typer.Option(help="Ray Train workers.")] = 1,
+    cpus_per_worker: Annotated[float, typer.Option(help="Logical CPUs per worker.")] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per worker (0: CPU).")] = 0.0,
+    torch_threads: Annotated[int, typer.Option(help="Torch threads per worker (0: all).")] = 0,
+    model_dir: Annotated[Path | None, typer.Option(help="Model directory.")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")
+    ] = None,
+) -> None:
+    """Train a member with Ray Train; the best epoch becomes a new version of it."""
+    run_train(**locals())
+
+
+@cli_errors
+def run_train(**options: Any) -> None:
+    from pydantic import ValidationError
+
+    from batch.train import TrainConfig, describe_history
+    from batch.train import train as train_member
+
+    out, resume = options.pop("out"), options.pop("resume")
+    address = options.pop("address")
+    if (out is None) == (resume is None):
+        raise ConfigError("give --out for a new run or --resume RUN to continue one")
+    ensembles = options.pop("ensemble") or []
+    augment = not options.pop("no_augment")
+    max_steps = options.pop("max_steps")
+    try:
+        config = TrainConfig(
+            out=out or resume,
+            ensembles=tuple(ensembles),
+            augment=augment,
+            max_steps_per_epoch=max_steps,
+            command=shlex.join(["dfd", *sys.argv[1:]]),
+            **options,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where}: {first['msg']}") from exc
+
+    import ray
+
+    started_ray = False
+    if not ray.is_initialized():
+        with err_console.status("starting Ray"):
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        started_ray = True
+    try:
+        summary = train_member(config, resume=resume is not None)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    for line in describe_history(summary.history):
+        err_console.print(line, markup=False, highlight=False)
+    out_console.print(summary.line(), markup=False, highlight=False, soft_wrap=True)

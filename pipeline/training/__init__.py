@@ -1,0 +1,1 @@
+"""Training-time data: the paper's augmentations, Face-Cutout and self-blended fakes."""
