@@ -362,7 +362,13 @@ def faces_dataset(
     """The training or validation stream of a faces folder, as the member's input."""
     import ray.data
 
-    ds = ray.data.read_parquet([str(p) for p in plan.parts], columns=_COLUMNS)
+    # Reading asks for the same fractional CPU as preprocessing: a default read task (one
+    # whole CPU) never fits beside workers that hold most of a small machine, and the run stalls.
+    ds = ray.data.read_parquet(
+        [str(p) for p in plan.parts],
+        columns=_COLUMNS,
+        ray_remote_args={"num_cpus": config.data_cpus},
+    )
     if train:
         ds = ds.randomize_block_order(seed=None)
     return ds.map_batches(
@@ -531,6 +537,7 @@ def train_loop(loop: dict[str, Any]) -> None:
         all_scores = _gather(np.concatenate(scores) if scores else np.zeros(0, np.float32))
         all_labels = _gather(np.concatenate(labels) if labels else np.zeros(0, np.float32))
         total_loss = float(_gather(np.array([sum(val_losses)], np.float64)).sum())
+        throughput = _gather(np.array([images, train_s, _peak_rss_mb()], np.float64)).reshape(-1, 3)
         metrics = {
             "epoch": float(epoch + 1),
             "step": float(step),
@@ -544,7 +551,10 @@ def train_loop(loop: dict[str, Any]) -> None:
             "data_s": data_s,
             "compute_s": compute_s,
             "images_per_s": images / train_s if train_s > 0 else 0.0,
+            # Every worker together: images of all shards over the slowest worker's time.
+            "images_per_s_all": float(throughput[:, 0].sum() / max(throughput[:, 1].max(), 1e-9)),
             "peak_rss_mb": _peak_rss_mb(),
+            "peak_rss_mb_max": float(throughput[:, 2].max()),
             "rank": float(rank),
         }
         if _better(metrics, best):
@@ -834,9 +844,10 @@ def _val_sample(plan: FacesPlan, config: TrainConfig, spec: MemberSpec, n: int) 
     return torch.from_numpy(np.concatenate(xs)[:n])
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> TrainSummary:
+def train(config: TrainConfig, *, resume: bool = False, record: bool = True) -> TrainSummary:
     """Train ``config.member`` on ``config.faces``; write the best weights into the model
-    directory when training ends well. Ray must be initialised (local or a cluster)."""
+    directory when training ends well (``record=False``: leave it alone, a benchmark). Ray must
+    be initialised (local or a cluster)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -916,6 +927,16 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainSummary:
     if best is None or math.isnan(best["val_auc"]):
         raise DfdError("training produced no validation AUC; the model directory is unchanged")
 
+    if not record:
+        return TrainSummary(
+            out=Path(config.out),
+            member=spec,
+            epochs=len(history),
+            best=best,
+            history=history,
+            elapsed_s=time.perf_counter() - started,
+            model_dir=directory.root,
+        )
     extra: dict[str, float] = {}
     if config.fp16:
         gap = _fp16_gap(spec, best_state, _val_sample(plan, config, spec, 128))

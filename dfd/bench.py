@@ -772,3 +772,94 @@ def cluster(
         estimate_gpus=[int(n) for n in estimate_gpus.split(",")],
         json_out=json_out,
     )
+
+
+@app.command("train")
+@cli_errors
+def train(
+    faces: Annotated[Path, typer.Option(help="A faces folder of `dfd faces extract`.")],
+    member: Annotated[str, typer.Option(help="Member to train (manifest or sbi_lite0).")],
+    workers: Annotated[
+        str, typer.Option(help="Worker counts to compare, comma-separated.")
+    ] = "1,2",
+    steps: Annotated[int, typer.Option(help="Steps per epoch (the second epoch is timed).")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Faces per step and worker.")] = 16,
+    cpus: Annotated[
+        float, typer.Option(help="Logical CPUs shared by the workers of a configuration.")
+    ] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per worker (0: CPU).")] = 0.0,
+    init_backbone: Annotated[
+        bool, typer.Option("--init-backbone", help="Start from ImageNet weights.")
+    ] = False,
+    model_dir: Annotated[Path | None, typer.Option(help="Model directory (read only).")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures as JSON.")
+    ] = None,
+) -> None:
+    """Training throughput: images/s for each worker count side by side (same faces, member and
+    steps), data-loading and compute time per step, peak RSS per worker. The model directory is
+    not written."""
+    import tempfile
+
+    import ray
+
+    from batch.train import TrainConfig
+    from batch.train import train as train_member
+
+    counts = [int(w) for w in workers.split(",") if w.strip()]
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+        started_ray = True
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="dfd-bench-train-") as tmp:
+            for n in counts:
+                config = TrainConfig(
+                    faces=faces,
+                    member=member,
+                    out=Path(tmp) / f"workers-{n}",
+                    model_dir=model_dir,
+                    init_backbone=init_backbone,
+                    epochs=2,
+                    batch_size=batch_size,
+                    max_steps_per_epoch=steps,
+                    workers=n,
+                    cpus_per_worker=cpus / n,
+                    gpus_per_worker=gpus_per_worker,
+                    torch_threads=max(1, int(cpus // n)),
+                )
+                summary = train_member(config, record=False)
+                timed = summary.history[-1]  # the first epoch pays for start-up
+                done = max(1.0, timed["train_images"] / batch_size)
+                rows.append(
+                    {
+                        "workers": n,
+                        "images_per_s": timed["images_per_s_all"],
+                        "data_ms_per_step": 1000 * timed["data_s"] / done,
+                        "compute_ms_per_step": 1000 * timed["compute_s"] / done,
+                        "peak_rss_mb_per_worker": timed["peak_rss_mb_max"],
+                        "first_epoch_s": summary.history[0]["train_s"],
+                    }
+                )
+    finally:
+        if started_ray:
+            ray.shutdown()
+    base = rows[0]["images_per_s"] or 1.0
+    table = Table(title=f"dfd train: {member}, batch {batch_size}/worker, {steps} steps")
+    for col in ("workers", "images/s", f"vs {counts[0]}", "data ms/step", "compute ms/step",
+                "peak RSS/worker MB"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r["workers"]),
+            f"{r['images_per_s']:.1f}",
+            f"{r['images_per_s'] / base:.2f}x",
+            f"{r['data_ms_per_step']:.0f}",
+            f"{r['compute_ms_per_step']:.0f}",
+            f"{r['peak_rss_mb_per_worker']:.0f}",
+        )
+    out_console.print(table)
+    if json_out is not None:
+        payload = {"member": member, "batch_size": batch_size, "steps": steps, "rows": rows}
+        json_out.write_text(json.dumps(payload, indent=2) + "\n")

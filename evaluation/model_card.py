@@ -79,6 +79,24 @@ def _figures(report: Path | None) -> tuple[list[RunMetrics], str]:
     return runs, f"report {found.parent} ({payload.get('generated_at', '?')[:16]})"
 
 
+def _training_line(manifest: Manifest, name: str) -> str:
+    """How ``dfd train`` made a member's weights, when it did ('' otherwise)."""
+    record = next((m.training for m in manifest.members if m.name == name), None)
+    if record is None:
+        return ""
+    r, v = record.recipe, record.validation
+    commit = f", commit {record.git_commit[:12]}" if record.git_commit else ""
+    return (
+        f". Trained here by dfd train {record.code_version}{commit}: {record.frames} faces of "
+        f"{record.videos} videos ({', '.join(record.manipulations)})"
+        + (f", with {record.pseudo_fakes}" if record.pseudo_fakes else "")
+        + f"; started from {record.init}; {r.get('optimizer', '?')} lr {r.get('lr', '?')}, "
+        f"batch {r.get('batch_size', '?')}, {r.get('epochs', '?')} epochs, augmentations: "
+        f"{r.get('augmentations', '?')}; best epoch {int(v.get('epoch', 0))}: validation AUC "
+        f"{v.get('auc', float('nan')):.3f} on {int(v.get('frames', 0))} faces ({record.split})"
+    )
+
+
 def _members_table(manifest: Manifest, infos: Sequence[MemberInfo]) -> Table:
     weights = {i.name: i for i in infos}
     rows = []
@@ -297,6 +315,7 @@ def _sections(
             [
                 f"{i.name}: "
                 + (i.trained_on if i.weights == "trained" else "none (random initialisation)")
+                + (_training_line(manifest, i.name) if i.weights == "trained" else "")
                 for i in infos
             ]
             + (

@@ -8,6 +8,7 @@ sha256, converts them with the named importer and records licence and source in 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.models.spec import MemberSpec
 
@@ -139,3 +140,32 @@ TRAINABLE: dict[str, MemberSpec] = {
         ),
     ),
 }
+
+
+#: Folder of the members trained by this project and shipped inside the package.
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+
+
+@dataclass(frozen=True)
+class BundledMember:
+    """A member trained here whose weights ship in the package (``bundled/``): ``<name>.json``
+    is its manifest entry as ``dfd train`` wrote it, ``<name>.safetensors`` its weights."""
+
+    name: str
+    sha256: str
+    ensembles: tuple[str, ...]
+
+    @property
+    def weights(self) -> Path:
+        return BUNDLED_DIR / f"{self.name}.safetensors"
+
+    @property
+    def spec_file(self) -> Path:
+        return BUNDLED_DIR / f"{self.name}.json"
+
+    def spec(self) -> MemberSpec:
+        return MemberSpec.model_validate_json(self.spec_file.read_text(encoding="utf-8"))
+
+
+#: Member name -> bundled member. ``dfd models fetch NAME`` installs it (no network).
+BUNDLED: dict[str, BundledMember] = {}

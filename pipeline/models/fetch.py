@@ -27,7 +27,7 @@ from urllib.request import url2pathname
 import httpx
 
 from pipeline.errors import CheckpointError, ConfigError, DownloadError, DownloadTimeoutError
-from pipeline.models.catalog import KnownFile, known_files
+from pipeline.models.catalog import BUNDLED, BundledMember, KnownFile, known_files
 from pipeline.models.importers.base import ImportedMember, import_format
 from pipeline.models.manifest import ModelDirectory
 from pipeline.models.spec import MemberSpec
@@ -67,6 +67,8 @@ def fetch_members(
     missing from the mirror) or :class:`CheckpointError` (wrong sha256, unreadable file) with
     the directory unchanged.
     """
+    if name in BUNDLED:
+        return [install_bundled(directory, BUNDLED[name])]
     files = known_files(name)
     base = mirror or os.environ.get(MIRROR_ENV) or None
     with _created_dirs(directory.root):
@@ -85,6 +87,32 @@ def fetch_members(
                 )
                 for s in staged
             ]
+
+
+def install_bundled(directory: ModelDirectory, bundled: BundledMember) -> MemberSpec:
+    """Record a member whose weights ship in the package: sha256 checked, loaded strictly
+    (``add_member``), its manifest entry (training record included) kept as trained."""
+    from pipeline.models.checkpoint import file_sha256, read_state_dict
+
+    if not bundled.weights.is_file():
+        raise CheckpointError(f"the package lacks {bundled.weights}: reinstall dfd")
+    digest = file_sha256(bundled.weights)
+    if digest != bundled.sha256:
+        raise CheckpointError(
+            f"{bundled.weights} has sha256 {digest}, the catalogue expects {bundled.sha256}"
+        )
+    spec = bundled.spec()
+    with _created_dirs(directory.root), _rollback(directory, [spec.name]):
+        if not directory.exists():
+            directory.init("paper")
+        return directory.add_member(
+            ImportedMember(spec, read_state_dict(bundled.weights)),
+            version=spec.version,
+            trained_on=spec.trained_on,
+            licence=spec.licence,
+            source=f"{spec.source}; bundled with dfd ({bundled.weights.name})",
+            ensembles=bundled.ensembles,
+        )
 
 
 def _stage_all(

@@ -26,6 +26,7 @@ from batch.train import (
     prepare_batch,
     train,
 )
+from evaluation.model_card import render_model_card
 from pipeline.errors import BadInputError, ConfigError
 from pipeline.models.catalog import TRAINABLE
 from pipeline.models.checkpoint import load_checkpoint
@@ -111,6 +112,8 @@ def test_two_workers_fine_tune_mesonet_then_resume(
     path = mesonet_dir.checkpoint_path(spec)
     assert path is not None
     load_checkpoint(build_network(spec), path, spec.sha256)
+    card = render_model_card(mesonet_dir.root)
+    assert "meso4_df" in card and "Trained here by dfd train" in card
 
     # Resume: the run continues from its saved step to epoch 3.
     saved = latest_checkpoint(config.out)
