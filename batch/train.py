@@ -356,18 +356,25 @@ def prepare_batch(
     return {"x": x.astype(np.float32, copy=False), "label": np.asarray(labels, np.float32)}
 
 
+def _read_parts(batch: dict[str, np.ndarray]) -> pa.Table:
+    """Parts named in ``batch["part"]`` -> their rows (the columns training reads)."""
+    return pa.concat_tables(
+        [pq.read_table(str(path), columns=_COLUMNS) for path in batch["part"]],
+        promote_options="default",
+    )
+
+
 def faces_dataset(
     plan: FacesPlan, config: TrainConfig, spec: MemberSpec, *, train: bool
 ) -> ray.data.Dataset:
     """The training or validation stream of a faces folder, as the member's input."""
     import ray.data
 
-    # Reading asks for the same fractional CPU as preprocessing: a default read task (one
-    # whole CPU) never fits beside workers that hold most of a small machine, and the run stalls.
-    ds = ray.data.read_parquet(
-        [str(p) for p in plan.parts],
-        columns=_COLUMNS,
-        ray_remote_args={"num_cpus": config.data_cpus},
+    # One read task per part, asking for the same fractional CPU as preprocessing: Ray Data's
+    # own Parquet reader lists files in a task that wants a whole CPU, which never fits beside
+    # workers holding most of a small machine (the run stalled on 2 cores).
+    ds = ray.data.from_items([{"part": str(p)} for p in plan.parts]).map_batches(
+        _read_parts, batch_format="numpy", batch_size=1, num_cpus=config.data_cpus
     )
     if train:
         ds = ds.randomize_block_order(seed=None)
