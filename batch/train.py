@@ -34,7 +34,7 @@ import resource
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -322,7 +322,11 @@ def prepare_batch(
         label = int(batch["label"][i])
         if sbi and train and label != 0:
             continue
-        crop = decode_crop(batch["crop_png"][i])
+        try:
+            crop = decode_crop(batch["crop_png"][i])
+        except (OSError, ValueError) as exc:  # a damaged crop costs its row, not the run
+            log.warning("skipping an unreadable crop of %s: %s", batch["video_id"][i], exc)
+            continue
         points = _landmarks(batch["landmarks"][i], crop.shape[0], crop.shape[1])
         rng = (
             fresh
@@ -851,10 +855,18 @@ def _val_sample(plan: FacesPlan, config: TrainConfig, spec: MemberSpec, n: int) 
     return torch.from_numpy(np.concatenate(xs)[:n])
 
 
-def train(config: TrainConfig, *, resume: bool = False, record: bool = True) -> TrainSummary:
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    write: bool = True,
+    connect: Callable[[], object] | None = None,
+) -> TrainSummary:
     """Train ``config.member`` on ``config.faces``; write the best weights into the model
-    directory when training ends well (``record=False``: leave it alone, a benchmark). Ray must
-    be initialised (local or a cluster)."""
+    directory when training ends well (``write=False``: leave it alone, a benchmark).
+
+    Every check of the input runs first; then ``connect`` (e.g. ``ray.init``) is called, so a
+    bad invocation fails before Ray starts. Without ``connect`` Ray must be initialised."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -881,6 +893,8 @@ def train(config: TrainConfig, *, resume: bool = False, record: bool = True) -> 
     resume_from = _prepare_run(config, resume, run_id, init_line)
     if resume and resume_from is None:
         log.warning("no checkpoint in %s yet: starting from the beginning", config.out)
+    if connect is not None:
+        connect()
 
     loop = {
         "spec": spec.model_dump(mode="json"),
@@ -934,7 +948,7 @@ def train(config: TrainConfig, *, resume: bool = False, record: bool = True) -> 
     if best is None or math.isnan(best["val_auc"]):
         raise DfdError("training produced no validation AUC; the model directory is unchanged")
 
-    if not record:
+    if not write:
         return TrainSummary(
             out=Path(config.out),
             member=spec,

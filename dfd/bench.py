@@ -829,7 +829,7 @@ def train(
                     gpus_per_worker=gpus_per_worker,
                     torch_threads=max(1, int(cpus // n)),
                 )
-                summary = train_member(config, record=False)
+                summary = train_member(config, write=False)
                 timed = summary.history[-1]  # the first epoch pays for start-up
                 done = max(1.0, timed["train_images"] / batch_size)
                 rows.append(

@@ -106,12 +106,16 @@ def run_train(**options: Any) -> None:
     import ray
 
     started_ray = False
-    if not ray.is_initialized():
-        with err_console.status("starting Ray"):
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        started_ray = True
+
+    def connect() -> None:
+        nonlocal started_ray
+        if not ray.is_initialized():
+            with err_console.status("starting Ray"):
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            started_ray = True
+
     try:
-        summary = train_member(config, resume=resume is not None)
+        summary = train_member(config, resume=resume is not None, connect=connect)
     finally:
         if started_ray:
             ray.shutdown()

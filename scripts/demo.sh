@@ -10,8 +10,9 @@ SERVER="http://127.0.0.1:${PORT}"
 DFD=.venv/bin/dfd
 
 # Real scores out of the box: the four MesoNet detectors (Apache-2.0), from the shared weights
-# folder when it is there, else from their pinned upstream URLs (sha256-checked). The `auto`
-# ensemble runs them until trained weights of the paper's five are imported.
+# folder when it is there, else from their pinned upstream URLs (sha256-checked), beside
+# sbi_lite0, the detector this project trained (its weights ship in the package). The `auto`
+# ensemble runs them (`open`) until trained weights of the paper's five are imported.
 if [ -z "${DFD_WEIGHTS_MIRROR:-}" ] && [ -d ../shared/weights/mesonet ]; then
   export DFD_WEIGHTS_MIRROR="$(cd ../shared/weights && pwd)"
 fi
@@ -22,6 +23,12 @@ mesonet = set(d["ensembles"].get("mesonet", []))
 present = {m["name"] for m in d["members"] if m["weights"] == "present"}
 sys.exit(0 if mesonet and mesonet <= present else 1)'; then
   "$DFD" models fetch mesonet
+fi
+if ! "$DFD" models list --json | .venv/bin/python -c '
+import json, sys
+d = json.load(sys.stdin)
+sys.exit(0 if any(m["name"] == "sbi_lite0" and m["weights"] == "present" for m in d["members"]) else 1)'; then
+  "$DFD" models fetch sbi_lite0
 fi
 
 "$DFD" serve --port "$PORT" &

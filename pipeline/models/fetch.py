@@ -29,7 +29,7 @@ import httpx
 from pipeline.errors import CheckpointError, ConfigError, DownloadError, DownloadTimeoutError
 from pipeline.models.catalog import BUNDLED, BundledMember, KnownFile, known_files
 from pipeline.models.importers.base import ImportedMember, import_format
-from pipeline.models.manifest import ModelDirectory
+from pipeline.models.manifest import OPEN, ModelDirectory
 from pipeline.models.spec import MemberSpec
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def fetch_members(
                     trained_on=s.known.trained_on,
                     licence=s.known.licence,
                     source=f"{s.known.source} via {s.origin}",
-                    ensembles=(s.known.ensemble,),
+                    ensembles=(s.known.ensemble, OPEN),
                 )
                 for s in staged
             ]

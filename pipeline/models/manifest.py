@@ -37,7 +37,10 @@ ENSEMBLE_ENV = "DFD_ENSEMBLE"
 #: ``default_ensemble`` value that picks the first ensemble of :data:`AUTO_ORDER` whose members
 #: all have trained weights present, else the first of them that exists.
 AUTO = "auto"
-AUTO_ORDER = ("paper", "mesonet")
+AUTO_ORDER = ("paper", "open", "mesonet")
+#: The ensemble of every member whose trained weights are public or ship with dfd (MesoNet's
+#: four and the members this project trained, ``pipeline/models/bundled``).
+OPEN = "open"
 
 
 class Manifest(BaseModel):
@@ -117,9 +120,10 @@ class Manifest(BaseModel):
         """The ensemble to run: ``(name, specs)``.
 
         ``members`` (an explicit list) wins, then ``ensemble``, then ``$DFD_ENSEMBLE``, then the
-        manifest's ``default_ensemble``. ``auto`` picks the first of ``paper``, ``mesonet``
-        whose members all have trained weights on disk, else the first of them that exists
-        (untrained: every output then says so); a manifest with no ensembles runs all members.
+        manifest's ``default_ensemble``. ``auto`` picks the first of ``paper``, ``open``,
+        ``mesonet`` whose members all have trained weights on disk, else the first of them that
+        exists (untrained: every output then says so); a manifest with no ensembles runs all
+        members.
         """
         if members is not None:
             return "custom", [self.member(n) for n in members]
@@ -204,12 +208,24 @@ class ModelDirectory:
         )
         manifest = Manifest(members=members, ensembles={"paper": [m.name for m in members]})
         if preset == "paper":
-            from pipeline.models.catalog import catalog_specs
+            from pipeline.models.catalog import BUNDLED, catalog_specs
 
             # The MesoNet members are listed without weights: `dfd models fetch mesonet`
             # brings them, and `auto` then picks them until the paper's weights are imported.
             for spec in catalog_specs("mesonet"):
-                manifest = manifest.with_member(spec, ("mesonet",))
+                manifest = manifest.with_member(spec, ("mesonet", OPEN))
+            for bundled in BUNDLED.values():
+                if bundled.spec_file.is_file():  # listed untrained until fetched
+                    untrained = bundled.spec().model_copy(
+                        update={
+                            "checkpoint": None,
+                            "sha256": None,
+                            "training": None,
+                            "trained_on": "not trained",
+                            "version": "0.0.0",
+                        }
+                    )
+                    manifest = manifest.with_member(untrained, bundled.ensembles)
         self.save(manifest)
         return manifest
 
