@@ -126,6 +126,10 @@ class TrainConfig(BaseModel):
     seed: int = 0
     #: Store the weights in float16 (half the file) when probabilities agree within 1e-3.
     fp16: bool = False
+    #: Round weights and batch-norm statistics onto the float16 grid after every step, so the
+    #: trained network *is* a float16 one and ``fp16`` stores it exactly; only such epochs can
+    #: be the best one. A resumed run may switch it on.
+    fp16_grid: bool = False
     # -- Execution (not part of the fingerprint)
     #: Stop an epoch after this many steps (smoke tests, benchmarks).
     max_steps_per_epoch: int | None = Field(None, ge=1)
@@ -157,6 +161,7 @@ _EXECUTION_ONLY = {
     "command",
     "ensembles",
     "fp16",
+    "fp16_grid",
 }
 
 
@@ -438,6 +443,15 @@ def _state_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in inner.state_dict().items()}
 
 
+def _round_to_fp16(model: torch.nn.Module) -> None:
+    """Put every floating tensor of ``model`` (weights and batch-norm statistics) on the float16
+    grid, in place."""
+    with torch.no_grad():
+        for tensor in getattr(model, "module", model).state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+
+
 def _better(metrics: dict[str, float], best: dict[str, float] | None) -> bool:
     if best is None:
         return True
@@ -523,6 +537,8 @@ def train_loop(loop: dict[str, Any]) -> None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if loop["fp16_grid"]:
+                _round_to_fp16(model)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             losses.append(float(loss.detach()))
@@ -568,7 +584,10 @@ def train_loop(loop: dict[str, Any]) -> None:
             "peak_rss_mb_max": float(throughput[:, 2].max()),
             "rank": float(rank),
         }
-        if _better(metrics, best):
+        metrics["fp16_grid"] = float(loop["fp16_grid"])
+        if _better(metrics, best) or (
+            loop["fp16_grid"] and best is not None and not best.get("fp16_grid")
+        ):
             best, best_state = dict(metrics), _state_of(model)
         history.append(metrics)
         if rank == 0:
@@ -770,6 +789,7 @@ def _record(
     best: dict[str, float],
     workers: int,
     extra: dict[str, float],
+    history: Sequence[dict[str, float]] = (),
 ) -> TrainingRecord:
     tr, va = config.train_split, config.val_split
     manipulations = set(plan.manipulations.get(tr, ()))
@@ -789,6 +809,9 @@ def _record(
     }
     if config.max_steps_per_epoch:
         recipe["max_steps_per_epoch"] = config.max_steps_per_epoch
+    grid = [int(h["epoch"]) for h in history if h.get("fp16_grid")]
+    if grid:
+        recipe["fp16_grid_epochs"] = f"{grid[0]}-{grid[-1]}"
     sources = "/".join(plan.split_sources)
     frames = plan.crops(tr, 0) if config.sbi else plan.crops(tr)
     return TrainingRecord(
@@ -907,6 +930,7 @@ def train(
         "amp": config.amp,
         "max_steps_per_epoch": config.max_steps_per_epoch,
         "torch_threads": config.torch_threads,
+        "fp16_grid": config.fp16_grid,
         "resume_from": (
             None if resume_from is None else ray.train.Checkpoint.from_directory(str(resume_from))
         ),
@@ -962,13 +986,14 @@ def train(
     if config.fp16:
         gap = _fp16_gap(spec, best_state, _val_sample(plan, config, spec, 128))
         if gap > FP16_TOLERANCE:
-            raise DfdError(
-                f"float16 weights move probabilities by {gap:.2e} (> {FP16_TOLERANCE}); "
-                "drop --fp16. The model directory is unchanged"
+            raise CheckpointError(
+                f"float16 weights move probabilities by {gap:.2e} (> {FP16_TOLERANCE}); drop "
+                "--fp16, or resume with --fp16-grid for a few epochs. The model directory is "
+                "unchanged"
             )
         extra["fp16_max_abs_diff"] = gap
         best_state = {k: v.half() if v.is_floating_point() else v for k, v in best_state.items()}
-    record = _record(config, plan, init_line, best, config.workers, extra)
+    record = _record(config, plan, init_line, best, config.workers, extra, history)
     previous = next((m for m in manifest.members if m.name == save_as), None)
     version = _next_version(previous.version if previous and previous.checkpoint else None)
     trained_on = (

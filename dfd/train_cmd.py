@@ -61,6 +61,12 @@ def train(
     fp16: Annotated[
         bool, typer.Option("--fp16", help="Store float16 weights (checked within 1e-3).")
     ] = False,
+    fp16_grid: Annotated[
+        bool,
+        typer.Option(
+            "--fp16-grid", help="Keep the weights on the float16 grid (exact --fp16 storage)."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the validation pseudo-fakes.")] = 0,
     workers: Annotated[int, typer.Option(help="Ray Train workers.")] = 1,
     cpus_per_worker: Annotated[float, typer.Option(help="Logical CPUs per worker.")] = 1.0,
