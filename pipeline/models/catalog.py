@@ -168,4 +168,12 @@ class BundledMember:
 
 
 #: Member name -> bundled member. ``dfd models fetch NAME`` installs it (no network).
-BUNDLED: dict[str, BundledMember] = {}
+BUNDLED: dict[str, BundledMember] = {
+    # EfficientNet-Lite0 trained on self-blended pseudo-fakes of the real faces of shared/data;
+    # reproduce with `bash scripts/train_sbi_lite0.sh WORK_DIR` (about 35 min on 2 CPU cores).
+    "sbi_lite0": BundledMember(
+        name="sbi_lite0",
+        sha256="28a6353126b1ea8c4ff21320b4192329652d5722064e7dd501909f9c44bc45b6",
+        ensembles=("sbi", "open"),
+    ),
+}
