@@ -918,6 +918,7 @@ def train(
         log.warning("no checkpoint in %s yet: starting from the beginning", config.out)
     if connect is not None:
         connect()
+    _check_room(config, float(ray.cluster_resources().get("CPU", 0.0)))
 
     loop = {
         "spec": spec.model_dump(mode="json"),
@@ -1025,6 +1026,18 @@ def train(
         elapsed_s=time.perf_counter() - started,
         model_dir=directory.root,
     )
+
+
+def _check_room(config: TrainConfig, cpus: float) -> None:
+    """Refuse a run whose workers would leave no CPU for reading and preprocessing (it would
+    wait forever, not fail)."""
+    needed = config.workers * config.cpus_per_worker + config.data_cpus
+    if cpus and needed > cpus + 1e-9:
+        raise ConfigError(
+            f"{config.workers} workers x {config.cpus_per_worker} CPUs leave no room for the "
+            f"data tasks ({config.data_cpus} CPU) on a cluster of {cpus:g} CPUs; lower "
+            "--cpus-per-worker"
+        )
 
 
 def _cause(exc: BaseException) -> str:

@@ -785,8 +785,12 @@ def train(
     steps: Annotated[int, typer.Option(help="Steps per epoch (the second epoch is timed).")] = 8,
     batch_size: Annotated[int, typer.Option(help="Faces per step and worker.")] = 16,
     cpus: Annotated[
-        float, typer.Option(help="Logical CPUs shared by the workers of a configuration.")
-    ] = 1.0,
+        float,
+        typer.Option(
+            help="Logical CPUs shared by the workers of a configuration (leave some for the "
+            "data tasks)."
+        ),
+    ] = 1.5,
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per worker (0: CPU).")] = 0.0,
     init_backbone: Annotated[
         bool, typer.Option("--init-backbone", help="Start from ImageNet weights.")

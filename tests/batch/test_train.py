@@ -22,6 +22,7 @@ from batch.train import (
     FP16_TOLERANCE,
     TRAIN_FILE,
     TrainConfig,
+    _check_room,
     _fp16_gap,
     latest_checkpoint,
     plan_faces,
@@ -248,3 +249,10 @@ def test_fp16_gap_is_measured() -> None:
     spec = tiny_members(32)[0]
     state = build_network(spec).state_dict()
     assert 0.0 <= _fp16_gap(spec, state, torch.rand(4, 3, 32, 32)) <= FP16_TOLERANCE
+
+
+def test_workers_that_would_leave_no_cpu_for_data_are_refused(tmp_path: Path) -> None:
+    config = TrainConfig(faces=tmp_path, member="x", out=tmp_path, workers=2, cpus_per_worker=1)
+    with pytest.raises(ConfigError, match="leave no room for the data tasks"):
+        _check_room(config, 2.0)
+    _check_room(config, 4.0)
