@@ -159,11 +159,11 @@ def _synthetic_faces(
 @pytest.mark.usefixtures("ray_local")
 def test_tiny_paper_member_learns_a_separable_task(tmp_path: Path) -> None:
     faces = tmp_path / "faces"
-    _synthetic_faces(faces, per_class=24)
+    _synthetic_faces(faces, per_class=32)
     directory = ModelDirectory(tmp_path / "models")
     directory.init("tiny", input_size=32)
     config = _config(
-        faces, directory, tmp_path / "run", member="m1_effb4", epochs=3, lr=3e-3, workers=1,
+        faces, directory, tmp_path / "run", member="m1_effb4", epochs=4, lr=3e-3, workers=1,
         cpus_per_worker=1.0, augment=False, save_as="m1_square",
     )  # fmt: skip
     summary = train(config)
