@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batch.faces import FACE, PARTS_DIR, FacesFolder, decode_crop
 from dfd.version import __version__
+from evaluation.metrics import balanced_accuracy, roc_auc
 from pipeline.errors import BadInputError, CheckpointError, ConfigError, DfdError
 from pipeline.models.checkpoint import check_state_dict, file_sha256, read_state_dict
 from pipeline.models.spec import MemberSpec, OptionValue, TrainingRecord
@@ -55,7 +56,7 @@ from pipeline.models.spec import MemberSpec, OptionValue, TrainingRecord
 if TYPE_CHECKING:
     import ray.data
 
-    from pipeline.models.manifest import ModelDirectory
+    from pipeline.models.manifest import Manifest, ModelDirectory
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +202,8 @@ def plan_faces(folder: Path) -> FacesPlan:
     tables = []
     for path in parts:
         try:
-            tables.append(
-                pq.read_table(path, columns=columns).append_column(
-                    "part", pa.array([path.name] * pq.read_metadata(path).num_rows)
-                )
-            )
+            table = pq.read_table(path, columns=columns)
+            tables.append(table.append_column("part", pa.array([path.name] * table.num_rows)))
         except (OSError, pa.ArrowInvalid) as exc:
             raise ConfigError(f"faces part {path} cannot be read: {exc}") from exc
     if not tables:
@@ -409,18 +407,16 @@ def faces_dataset(
 # The loop on every worker
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
+def _defined(
+    metric: Callable[[np.ndarray, np.ndarray], float], labels: np.ndarray, scores: np.ndarray
+) -> float:
+    """``metric`` of the evaluation reports, NaN where it is undefined (one class)."""
+    from evaluation.metrics import UndefinedMetricError
 
-    if len(np.unique(labels)) < 2:
+    try:
+        return metric(labels.astype(np.int8), scores)
+    except UndefinedMetricError:
         return float("nan")
-    return float(roc_auc_score(labels, scores))
-
-
-def _balanced_accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
-    pred = scores >= 0.5
-    rates = [float(np.mean(pred[labels == c] == bool(c))) for c in (0, 1) if np.any(labels == c)]
-    return float(np.mean(rates)) if rates else float("nan")
 
 
 def _peak_rss_mb() -> float:
@@ -570,8 +566,8 @@ def train_loop(loop: dict[str, Any]) -> None:
             "step": float(step),
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_loss": total_loss / max(1, len(all_labels)),
-            "val_auc": _auc(all_labels, all_scores),
-            "val_balanced_accuracy": _balanced_accuracy(all_labels, all_scores),
+            "val_auc": _defined(roc_auc, all_labels, all_scores),
+            "val_balanced_accuracy": _defined(balanced_accuracy, all_labels, all_scores),
             "val_frames": float(len(all_labels)),
             "train_images": float(images),
             "train_s": train_s,
@@ -844,13 +840,17 @@ def _record(
     )
 
 
+def _as_fp16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def _fp16_gap(spec: MemberSpec, state: dict[str, torch.Tensor], x: torch.Tensor) -> float:
     """Largest |P(fake)| difference between ``state`` in float32 and rounded to float16."""
     from pipeline.models.registry import build_network
 
     net32, net16 = build_network(spec), build_network(spec)
     net32.load_state_dict(state, strict=True)
-    net16.load_state_dict({k: v.half() if v.is_floating_point() else v for k, v in state.items()})
+    net16.load_state_dict(_as_fp16(state))
     with torch.no_grad():
         return float((torch.sigmoid(net32(x)) - torch.sigmoid(net16(x))).abs().max())
 
@@ -893,8 +893,6 @@ def train(
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
-
-    from pipeline.models.importers.base import ImportedMember
 
     started = time.perf_counter()
     directory, spec = resolve_member(config)
@@ -973,16 +971,39 @@ def train(
     if best is None or math.isnan(best["val_auc"]):
         raise DfdError("training produced no validation AUC; the model directory is unchanged")
 
-    if not write:
-        return TrainSummary(
-            out=Path(config.out),
-            member=spec,
-            epochs=len(history),
-            best=best,
-            history=history,
-            elapsed_s=time.perf_counter() - started,
-            model_dir=directory.root,
+    member = (
+        spec
+        if not write
+        else _write_member(
+            config, plan, directory, manifest, spec, save_as, init_line, best, best_state, history
         )
+    )
+    return TrainSummary(
+        out=Path(config.out),
+        member=member,
+        epochs=len(history),
+        best=best,
+        history=history,
+        elapsed_s=time.perf_counter() - started,
+        model_dir=directory.root,
+    )
+
+
+def _write_member(
+    config: TrainConfig,
+    plan: FacesPlan,
+    directory: ModelDirectory,
+    manifest: Manifest,
+    spec: MemberSpec,
+    save_as: str,
+    init_line: str,
+    best: dict[str, float],
+    best_state: dict[str, torch.Tensor],
+    history: list[dict[str, float]],
+) -> MemberSpec:
+    """The best epoch as a new version of ``save_as`` in the model directory (fp16 checked)."""
+    from pipeline.models.importers.base import ImportedMember
+
     extra: dict[str, float] = {}
     if config.fp16:
         gap = _fp16_gap(spec, best_state, _val_sample(plan, config, spec, 128))
@@ -993,7 +1014,7 @@ def train(
                 "unchanged"
             )
         extra["fp16_max_abs_diff"] = gap
-        best_state = {k: v.half() if v.is_floating_point() else v for k, v in best_state.items()}
+        best_state = _as_fp16(best_state)
     record = _record(config, plan, init_line, best, config.workers, extra, history)
     previous = next((m for m in manifest.members if m.name == save_as), None)
     version = _next_version(previous.version if previous and previous.checkpoint else None)
@@ -1011,20 +1032,11 @@ def train(
             "licence": "Apache-2.0",
         }
     )
-    written = directory.add_member(
+    return directory.add_member(
         ImportedMember(new_spec, best_state),
         version=version,
         trained_on=trained_on,
         ensembles=config.ensembles,
-    )
-    return TrainSummary(
-        out=Path(config.out),
-        member=written,
-        epochs=len(history),
-        best=best,
-        history=history,
-        elapsed_s=time.perf_counter() - started,
-        model_dir=directory.root,
     )
 
 
