@@ -26,8 +26,9 @@ DEMO_MEDIA ?= ../shared/data/videos/liveportrait_d0.mp4
 demo: install
 	bash scripts/demo.sh $(DEMO_MEDIA)
 
-# Fast suite (everything not marked slow); starts the services the tests use.
-test: install
+# Fast suite (everything not marked slow); starts the services the tests use. Lint first: a
+# new upward import between the layers fails here with the offending line.
+test: install lint
 	bash scripts/ensure-services.sh
 	bash scripts/ensure-browser.sh
 	$(PY) -m pytest
@@ -38,9 +39,11 @@ test-all: install
 	bash scripts/ensure-browser.sh
 	$(PY) -m pytest -m 'slow or not slow'
 
+# Style, formatting and the layers (import-linter contracts in pyproject.toml).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy

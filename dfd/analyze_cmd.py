@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dfd.common import BackendOpt, EnsembleOpt, cli_errors, err_console, out_console
+from dfd.common import BackendOpt, DeviceOpt, EnsembleOpt, cli_errors, err_console, out_console
 from pipeline.result import Result
+
+if TYPE_CHECKING:
+    from pipeline.analyze import AnalysisSettings
 
 
 def _summary(result: Result) -> Table:
@@ -35,6 +38,7 @@ def _summary(result: Result) -> Table:
     return table
 
 
+@cli_errors
 def analyze(
     source: Annotated[
         str, typer.Argument(help="URL (http/https, share links, platforms) or local file.")
@@ -49,7 +53,7 @@ def analyze(
     model_dir: Annotated[Path | None, typer.Option(help="Model directory.")] = None,
     backend: BackendOpt = "auto",
     ensemble: EnsembleOpt = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    device: DeviceOpt = "auto",
     no_galleries: Annotated[
         bool, typer.Option("--no-galleries", help="Skip the pictures.")
     ] = False,
@@ -61,37 +65,9 @@ def analyze(
     ] = None,
 ) -> None:
     """Analyse an image or a video: shots, faces, face tracks, scores, galleries."""
-    run_analyze(
-        source,
-        out,
-        json_out,
-        model_dir,
-        backend,
-        device,
-        no_galleries,
-        allow_private_addresses,
-        proxy,
-        ensemble,
-    )
-
-
-@cli_errors
-def run_analyze(
-    source: str,
-    out: Path,
-    json_out: Path | None,
-    model_dir: Path | None,
-    backend: str,
-    device: str,
-    no_galleries: bool,
-    allow_private_addresses: bool,
-    proxy: str | None,
-    ensemble: str | None = None,
-) -> None:
-    from pipeline.analyze import STAGES, AnalysisSettings, load_analyzer
+    from pipeline.analyze import AnalysisSettings
     from pipeline.download import DownloadSettings
     from pipeline.models import InferenceSettings
-    from serve.storage import LocalStorage
 
     settings = AnalysisSettings(
         inference=InferenceSettings.model_validate(
@@ -100,6 +76,15 @@ def run_analyze(
         download=DownloadSettings(allow_private_addresses=allow_private_addresses, proxy=proxy),
         galleries=not no_galleries,
     )
+    run_analyze(settings, source, out, json_out)
+
+
+def run_analyze(settings: AnalysisSettings, source: str, out: Path, json_out: Path | None) -> None:
+    """Analyse ``source`` with progress bars; artefacts into ``out/<content hash>``, the result
+    JSON there (or to ``json_out``), and the summary table on stdout."""
+    from pipeline.analyze import STAGES, load_analyzer
+    from serve.storage import LocalStorage
+
     with err_console.status("loading models"):
         analyzer = load_analyzer(settings)
     staging = LocalStorage(out / ".incoming")

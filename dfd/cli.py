@@ -12,7 +12,8 @@ from rich.table import Table
 
 from dfd import (
     analyze_cmd,
-    bench,
+    attack_cmd,
+    bench_cmd,
     evaluate_cmd,
     faces_cmd,
     models_cmd,
@@ -34,10 +35,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models_cmd.app, name="models")
-app.add_typer(bench.app, name="bench")
+app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(faces_cmd.app, name="faces")
 app.command("analyze")(analyze_cmd.analyze)
-app.command("attack")(__import__("dfd.attack_cmd", fromlist=["attack"]).attack)
+app.command("attack")(attack_cmd.attack)
 app.add_typer(serve_cmd.keys_app, name="keys")
 app.command("serve")(serve_cmd.serve_command)
 app.command("submit")(serve_cmd.submit_command)

@@ -7,18 +7,32 @@ splits into ``faces/ffpp/parts`` (see :mod:`batch.faces`). Rerun the same comman
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 
-from dfd.common import cli_errors, err_console, out_console
-from pipeline.errors import BadInputError, ConfigError
+from dfd.common import (
+    AddressOpt,
+    ReaderOptionOpt,
+    cli_errors,
+    config_error,
+    err_console,
+    out_console,
+    ray_session,
+    reader_options,
+)
+from pipeline.errors import BadInputError
+
+if TYPE_CHECKING:
+    from batch.faces import FaceExtractionConfig
 
 app = typer.Typer(help="Face crops for training.", no_args_is_help=True)
 
 
 @app.command("extract")
+@cli_errors
 def extract(
     dataset: Annotated[str, typer.Option(help="ffpp, celebdf, wdf, dfdc or csv.")],
     root: Annotated[Path, typer.Option(help="The dataset's folder (for csv: the manifest file).")],
@@ -43,50 +57,17 @@ def extract(
     retry_errors: Annotated[
         bool, typer.Option("--retry-errors", help="Rerun videos that ended in an error.")
     ] = False,
-    option: Annotated[
-        list[str] | None,
-        typer.Option(help="Reader option KEY=VALUE, e.g. compression=c40 (repeatable)."),
-    ] = None,
+    option: ReaderOptionOpt = None,
     local: Annotated[
         bool, typer.Option("--local", help="One extractor in this process, without Ray.")
     ] = False,
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")
-    ] = None,
+    address: AddressOpt = None,
 ) -> None:
     """Detect faces in a dataset's videos and write labelled crops as Parquet parts."""
-    run_extract(
-        dataset, root, out, split, max_frames, val_fraction, all_faces, actors, cpus_per_actor,
-        device, limit, retry_errors, option, local, address, gpus_per_actor,
-    )  # fmt: skip
-
-
-@cli_errors
-def run_extract(
-    dataset: str,
-    root: Path,
-    out: Path,
-    split: str | None,
-    max_frames: int,
-    val_fraction: float,
-    all_faces: bool,
-    actors: int,
-    cpus_per_actor: float,
-    device: str,
-    limit: int | None,
-    retry_errors: bool,
-    option: list[str] | None,
-    local: bool,
-    address: str | None,
-    gpus_per_actor: float | None = None,
-) -> None:
-    from typing import get_args
-
     from pydantic import ValidationError
 
     from batch.datasets import DatasetName
-    from batch.faces import FaceExtractionConfig, extract_faces, read_rows
-    from dfd.evaluate_cmd import _reader_options
+    from batch.faces import FaceExtractionConfig
     from pipeline.faces import FaceSettings
 
     if dataset not in get_args(DatasetName):
@@ -99,7 +80,7 @@ def run_extract(
             root=root,
             out=out,
             split=split,
-            reader_options=_reader_options(option),
+            reader_options=reader_options(option),
             max_frames=max_frames,
             val_fraction=val_fraction,
             keep="all" if all_faces else "best",
@@ -111,25 +92,17 @@ def run_extract(
             actor_num_gpus=gpus_per_actor,
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: {first['msg']}") from exc
+        raise config_error(exc) from exc
+    run_extract(config, local=local, address=address)
+
+
+def run_extract(config: FaceExtractionConfig, *, local: bool, address: str | None) -> None:
+    """Extract the faces of ``config``'s dataset: in this process when ``local``, else on Ray
+    at ``address`` (default: ``RAY_ADDRESS`` or a new local one); print the summary."""
+    from batch.faces import extract_faces, read_rows
 
     rows = read_rows(config)
-    err_console.print(f"{len(rows)} rows of {dataset} at {root}")
-    started_ray = False
-    if not local:
-        import ray
-
-        if not ray.is_initialized():
-            with err_console.status("starting Ray"):
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            started_ray = True
-    try:
+    err_console.print(f"{len(rows)} rows of {config.dataset} at {config.root}")
+    with contextlib.nullcontext() if local else ray_session(address):
         summary = extract_faces(config, rows=rows, local=local)
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
     out_console.print(summary.line(), markup=False, highlight=False, soft_wrap=True)

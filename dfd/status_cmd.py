@@ -6,13 +6,16 @@ import json
 import logging
 import os
 import socket
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from dfd.common import cli_errors, out_console
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from serve.status import ClusterStatus
 
 AddressOpt = Annotated[
     str | None,
@@ -80,7 +83,14 @@ def status(
     if json_out:
         print(json.dumps(st.to_json(), indent=2, default=str))
         return
+    out_console.print(_nodes_table(st))
+    out_console.print(_deployments_table(st))
+    if st.jobs:
+        out_console.print(_jobs_line(st.jobs))
 
+
+def _nodes_table(st: ClusterStatus) -> Table:
+    """One row per node: address, role, resources, replicas and the GPU they reserve."""
     nodes = Table(title="Nodes")
     for col in ("node", "address", "role", "alive", "CPU", "GPU", "replicas", "GPU reserved"):
         nodes.add_column(col, justify="right" if col in ("CPU", "GPU", "replicas") else "left")
@@ -102,8 +112,11 @@ def status(
             str(sum(count for _, count in on_node)),
             _fraction(round(reserved, 4)),
         )
-    out_console.print(nodes)
+    return nodes
 
+
+def _deployments_table(st: ClusterStatus) -> Table:
+    """One row per deployment: status, replicas, resources each, placement, queued requests."""
     deps = Table(title="Deployments")
     for col in ("app", "deployment", "status", "replicas", "autoscaling", "GPU each", "CPU each"):
         deps.add_column(col)
@@ -123,14 +136,16 @@ def status(
             ", ".join(f"{_short(k)} x{v}" for k, v in sorted(d.replicas_per_node().items())),
             "?" if ongoing is None else str(ongoing),
         )
-    out_console.print(deps)
-    if st.jobs:
-        if "error" in st.jobs:
-            out_console.print(f"jobs: the runner did not answer ({st.jobs['error']})")
-        else:
-            runner = st.jobs.get("runner", {})
-            out_console.print(
-                f"jobs: {st.jobs['queued']} queued, {st.jobs['running']} running "
-                f"(this runner: {len(runner.get('running', []))} of "
-                f"{runner.get('concurrency', '?')} slots busy)"
-            )
+    return deps
+
+
+def _jobs_line(jobs: dict[str, Any]) -> str:
+    """The job queue, and the busy slots of the runner that answered."""
+    if "error" in jobs:
+        return f"jobs: the runner did not answer ({jobs['error']})"
+    runner = jobs.get("runner", {})
+    return (
+        f"jobs: {jobs['queued']} queued, {jobs['running']} running "
+        f"(this runner: {len(runner.get('running', []))} of "
+        f"{runner.get('concurrency', '?')} slots busy)"
+    )

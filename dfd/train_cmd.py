@@ -10,14 +10,18 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dfd.common import cli_errors, err_console, out_console
+from dfd.common import AddressOpt, cli_errors, config_error, err_console, out_console
 from pipeline.errors import ConfigError
 
+if TYPE_CHECKING:
+    from batch.train import TrainConfig
 
+
+@cli_errors
 def train(
     faces: Annotated[Path, typer.Option(help="A faces folder of `dfd faces extract`.")],
     member: Annotated[
@@ -73,43 +77,38 @@ def train(
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per worker (0: CPU).")] = 0.0,
     torch_threads: Annotated[int, typer.Option(help="Torch threads per worker (0: all).")] = 0,
     model_dir: Annotated[Path | None, typer.Option(help="Model directory.")] = None,
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")
-    ] = None,
+    address: AddressOpt = None,
 ) -> None:
     """Train a member with Ray Train; the best epoch becomes a new version of it."""
-    run_train(**locals())
-
-
-@cli_errors
-def run_train(**options: Any) -> None:
     from pydantic import ValidationError
 
-    from batch.train import TrainConfig, describe_history
-    from batch.train import train as train_member
+    from batch.train import TrainConfig
 
-    out, resume = options.pop("out"), options.pop("resume")
-    address = options.pop("address")
     if (out is None) == (resume is None):
         raise ConfigError("give --out for a new run or --resume RUN to continue one")
-    ensembles = options.pop("ensemble") or []
-    augment = not options.pop("no_augment")
-    max_steps = options.pop("max_steps")
     try:
         config = TrainConfig(
-            out=out or resume,
-            ensembles=tuple(ensembles),
-            augment=augment,
-            max_steps_per_epoch=max_steps,
-            command=shlex.join(["dfd", *sys.argv[1:]]),
-            **options,
-        )
+            faces=faces, member=member, out=out or resume, model_dir=model_dir, init=init,
+            from_member=from_member, init_backbone=init_backbone, save_as=save_as,
+            ensembles=tuple(ensemble or []), epochs=epochs, batch_size=batch_size, lr=lr,
+            weight_decay=weight_decay, augment=not no_augment, cutout_p=cutout_p, sbi=sbi,
+            seed=seed, fp16=fp16, fp16_grid=fp16_grid, max_steps_per_epoch=max_steps,
+            workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+            torch_threads=torch_threads, command=shlex.join(["dfd", *sys.argv[1:]]),
+        )  # fmt: skip
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: {first['msg']}") from exc
+        raise config_error(exc) from exc
+    run_train(config, resume=resume is not None, address=address)
 
+
+def run_train(config: TrainConfig, *, resume: bool, address: str | None) -> None:
+    """Train (or, with ``resume``, continue) the run of ``config`` on Ray at ``address``
+    (default: ``RAY_ADDRESS`` or a new local one, started only when the run needs it); print
+    the epochs and the outcome."""
     import ray
+
+    from batch.train import describe_history
+    from batch.train import train as train_member
 
     started_ray = False
 
@@ -121,7 +120,7 @@ def run_train(**options: Any) -> None:
             started_ray = True
 
     try:
-        summary = train_member(config, resume=resume is not None, connect=connect)
+        summary = train_member(config, resume=resume, connect=connect)
     finally:
         if started_ray:
             ray.shutdown()

@@ -1,8 +1,6 @@
-"""The service version, ``x.y.z`` with the meaning of paper section 5.3.
+"""The service version, re-exported for the command line; it lives in :mod:`pipeline.version`, the
+base layer, so every package can report it without importing the command line."""
 
-x: backward-incompatible change of the service's output; y: change in the processing pipeline
-(segmentation method, deployed models, ...); z: minor changes (aggregation details, input sizes,
-bug fixes). Every result and ``/v1/version`` report it.
-"""
+from pipeline.version import __version__
 
-__version__ = "0.1.0"
+__all__ = ["__version__"]

@@ -15,32 +15,24 @@ and when the figures were measured with other models than the ones the manifest 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from dfd.version import __version__
-from evaluation.report import (
-    DASH,
-    DATASET_NAMES,
-    REPORT_JSON,
-    RunMetrics,
-    Table,
-    compute_run_metrics,
-    load_report,
-    pct,
-    render_html,
-    render_markdown,
-    table1,
-    table2,
-)
+from evaluation.render import DASH, Table, dataset_name, pct, render_html, render_markdown
+from evaluation.report import REPORT_JSON, load_report
+from evaluation.report_tables import table1, table2
+from evaluation.run_metrics import RunMetrics, compute_run_metrics
 from pipeline.errors import ConfigError, DfdError
 from pipeline.models import InferenceSettings, MemberInfo
 from pipeline.models.ensemble import expected_infos, models_digest, resolve_ensemble
 from pipeline.models.manifest import Manifest, resolve_model_dir
 from pipeline.result import SCHEMA_VERSION, ScoreBands
+from pipeline.version import __version__
 
 CardFormat = Literal["markdown", "html"]
+TITLE = "Model card: DeepFake detection service"
 
 PAPER = (
     "S. Baxevanakis, G. Kordopatis-Zilos, P. Galopoulos, L. Apostolidis, K. Levacher, "
@@ -138,6 +130,22 @@ def _members_table(manifest: Manifest, infos: Sequence[MemberInfo]) -> Table:
     )
 
 
+@dataclass(frozen=True)
+class _CardFacts:
+    """What every section of a card may draw on."""
+
+    manifest: Manifest
+    infos: Sequence[MemberInfo]
+    runs: Sequence[RunMetrics]
+    #: The models digest of the members the manifest lists now.
+    current: str
+    ensemble: str
+
+    @property
+    def untrained(self) -> list[str]:
+        return [i.name for i in self.infos if i.weights != "trained"]
+
+
 def _sections(
     manifest: Manifest,
     infos: Sequence[MemberInfo],
@@ -146,13 +154,31 @@ def _sections(
     model_dir: Path,
     ensemble: str = "default",
 ) -> list[tuple[str, Any]]:
-    untrained = [i.name for i in infos if i.weights != "trained"]
-    current = models_digest(infos)
+    """The card as :data:`~evaluation.render.Items`: Mitchell et al.'s sections, in their order."""
+    facts = _CardFacts(manifest, infos, runs, models_digest(infos), ensemble)
+    items = _header(facts, source, model_dir)
+    for section in (
+        _model_details,
+        _intended_use,
+        _factors,
+        _metrics,
+        _evaluation_data,
+        _training_data,
+        _quantitative_analyses,
+        _ethical_considerations,
+        _caveats,
+        _versions,
+    ):
+        items += section(facts)
+    return items
+
+
+def _header(facts: _CardFacts, source: str, model_dir: Path) -> list[tuple[str, Any]]:
+    """Title, provenance, and the warnings a reader must see first."""
+    infos, runs, untrained = facts.infos, facts.runs, facts.untrained
     measured = sorted({d for r in runs for d in r.models_digests})
-    bands = ScoreBands()
-    sizes = "/".join(str(s) for s in sorted({i.input_size for i in infos}))
     items: list[tuple[str, Any]] = [
-        ("h1", "Model card: DeepFake detection service"),
+        ("h1", TITLE),
         (
             "p",
             f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from the model manifest "
@@ -180,29 +206,32 @@ def _sections(
                 "accuracy at all. Run `dfd evaluate` on a dataset and `dfd report` on the run.",
             )
         )
-    elif current not in measured:
+    elif facts.current not in measured:
         items.append(
             (
                 "warn",
                 f"The figures below were measured with model set(s) {', '.join(measured)}, not "
-                f"with the models the manifest now lists ({current}): they do not describe the "
-                "current models. Re-run the evaluation.",
+                f"with the models the manifest now lists ({facts.current}): they do not describe "
+                "the current models. Re-run the evaluation.",
             )
         )
+    return items
 
-    # -- Model details
-    items += [
+
+def _model_details(facts: _CardFacts) -> list[tuple[str, Any]]:
+    sizes = "/".join(str(s) for s in sorted({i.input_size for i in facts.infos}))
+    return [
         ("h2", "Model details"),
         (
             "list",
             [
                 f"Service version {__version__} (x.y.z as in paper 5.3); result schema "
-                f"{SCHEMA_VERSION}; ensemble {ensemble!r} (version "
-                f"{manifest.ensemble_version}); models digest {current}.",
+                f"{SCHEMA_VERSION}; ensemble {facts.ensemble!r} (version "
+                f"{facts.manifest.ensemble_version}); models digest {facts.current}.",
                 "Type: a pipeline, not a single network (paper 3.1): shot segmentation, MTCNN "
                 "face detection (square boxes enlarged 1.3x, at most 64 frames per shot), face "
                 "tracks (graph of face similarity, connected components, small tracks dropped), "
-                f"an ensemble of {len(infos)} detectors on face crops resized to "
+                f"an ensemble of {len(facts.infos)} detectors on face crops resized to "
                 f"{sizes} px (the paper: 300), and aggregation "
                 "(track = mean of its faces, shot = max of its tracks, video = max of its shots; "
                 "image = max over faces).",
@@ -211,11 +240,13 @@ def _sections(
                 "Licence: Apache-2.0 (code); each member's weights carry the licence listed below.",
             ],
         ),
-        ("table", _members_table(manifest, infos)),
+        ("table", _members_table(facts.manifest, facts.infos)),
     ]
 
-    # -- Intended use
-    items += [
+
+def _intended_use(facts: _CardFacts) -> list[tuple[str, Any]]:
+    bands = ScoreBands()
+    return [
         ("h2", "Intended use"),
         (
             "list",
@@ -235,8 +266,9 @@ def _sections(
         ),
     ]
 
-    # -- Factors
-    items += [
+
+def _factors(facts: _CardFacts) -> list[tuple[str, Any]]:
+    return [
         ("h2", "Factors"),
         (
             "list",
@@ -256,8 +288,9 @@ def _sections(
         ),
     ]
 
-    # -- Metrics
-    items += [
+
+def _metrics(facts: _CardFacts) -> list[tuple[str, Any]]:
+    return [
         ("h2", "Metrics"),
         (
             "list",
@@ -275,47 +308,44 @@ def _sections(
         ),
     ]
 
-    # -- Evaluation data
-    items.append(("h2", "Evaluation data"))
-    if runs:
-        rows = []
-        for r in runs:
-            overall = [g for g in r.video.rows if g.group.get("manipulation") == "all"]
-            for g in overall:
-                d = g.group["dataset"]
-                rows.append(
-                    [
-                        r.name,
-                        DATASET_NAMES.get(d, d),
-                        r.evaluated_on,
-                        str(g.n_real),
-                        str(g.n_fake),
-                        str(g.n_excluded),
-                    ]
-                )
-        items.append(
-            (
-                "table",
-                Table(
-                    ["run", "dataset", "rows", "real", "fake", "excluded (no face or error)"],
-                    rows,
-                    caption="Datasets of the figures below (official layouts and splits)",
-                ),
-            )
-        )
-    else:
-        items.append(("p", "Missing: no evaluation report."))
 
-    # -- Training data
+def _evaluation_data(facts: _CardFacts) -> list[tuple[str, Any]]:
+    if not facts.runs:
+        return [("h2", "Evaluation data"), ("p", "Missing: no evaluation report.")]
+    rows = []
+    for r in facts.runs:
+        overall = [g for g in r.video.rows if g.group.get("manipulation") == "all"]
+        for g in overall:
+            d = g.group["dataset"]
+            rows.append(
+                [
+                    r.name,
+                    dataset_name(d),
+                    r.evaluated_on,
+                    str(g.n_real),
+                    str(g.n_fake),
+                    str(g.n_excluded),
+                ]
+            )
+    table = Table(
+        ["run", "dataset", "rows", "real", "fake", "excluded (no face or error)"],
+        rows,
+        caption="Datasets of the figures below (official layouts and splits)",
+    )
+    return [("h2", "Evaluation data"), ("table", table)]
+
+
+def _training_data(facts: _CardFacts) -> list[tuple[str, Any]]:
+    infos = facts.infos
     trained_on = sorted({i.trained_on for i in infos if i.weights == "trained"})
-    items += [
+    return [
         ("h2", "Training data"),
         (
             "list",
             [
                 f"{i.name}: "
                 + (i.trained_on if i.weights == "trained" else "none (random initialisation)")
-                + (_training_line(manifest, i.name) if i.weights == "trained" else "")
+                + (_training_line(facts.manifest, i.name) if i.weights == "trained" else "")
                 for i in infos
             ]
             + (
@@ -326,28 +356,10 @@ def _sections(
         ),
     ]
 
-    # -- Quantitative analyses
-    items.append(("h2", "Quantitative analyses"))
-    if runs:
-        items.append(("table", table1(runs)))
-        t2 = table2(runs)
-        if t2 is not None:
-            items.append(("table", t2))
-        for r in runs:
-            if r.threshold is not None and r.video_at_threshold is not None:
-                at_t = next(
-                    (x for x in r.video_at_threshold.rows if x.group.get("manipulation") == "all"),
-                    None,
-                )
-                if at_t is not None:
-                    items.append(
-                        (
-                            "p",
-                            f"{r.name}: BA at the validation-chosen threshold "
-                            f"{r.threshold:.3f} = {pct(at_t.balanced_accuracy)}.",
-                        )
-                    )
-    else:
+
+def _quantitative_analyses(facts: _CardFacts) -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = [("h2", "Quantitative analyses")]
+    if not facts.runs:
         items.append(
             (
                 "p",
@@ -357,9 +369,30 @@ def _sections(
                 "installation.",
             )
         )
+        return items
+    items.append(("table", table1(facts.runs)))
+    t2 = table2(facts.runs)
+    if t2 is not None:
+        items.append(("table", t2))
+    for r in facts.runs:
+        if r.threshold is None or r.video_at_threshold is None:
+            continue
+        at_t = next(
+            (x for x in r.video_at_threshold.rows if x.group.get("manipulation") == "all"), None
+        )
+        if at_t is not None:
+            items.append(
+                (
+                    "p",
+                    f"{r.name}: BA at the validation-chosen threshold "
+                    f"{r.threshold:.3f} = {pct(at_t.balanced_accuracy)}.",
+                )
+            )
+    return items
 
-    # -- Ethical considerations
-    items += [
+
+def _ethical_considerations(facts: _CardFacts) -> list[tuple[str, Any]]:
+    return [
         ("h2", "Ethical considerations"),
         (
             "list",
@@ -377,7 +410,8 @@ def _sections(
         ),
     ]
 
-    # -- Caveats and recommendations
+
+def _caveats(facts: _CardFacts) -> list[tuple[str, Any]]:
     caveats = [
         "A score is a model's estimate, not proof; read it with the shot, track and face "
         "views, and with other verification steps.",
@@ -385,30 +419,31 @@ def _sections(
         "Expect lower accuracy on expression swaps and on generators newer than the training "
         "data; expect lower accuracy on heavily compressed or small faces.",
     ]
-    if untrained:
+    if facts.untrained:
         caveats.insert(0, "UNTRAINED members are loaded: scores are not meaningful (see above).")
-    if not runs:
+    if not facts.runs:
         caveats.insert(0, "No evaluation figures exist for these models: accuracy is unknown.")
-    items += [("h2", "Caveats and recommendations"), ("list", caveats)]
+    return [("h2", "Caveats and recommendations"), ("list", caveats)]
 
-    # -- Versions
-    items += [
+
+def _versions(facts: _CardFacts) -> list[tuple[str, Any]]:
+    """The versions everything in the card refers to (beyond Mitchell et al.)."""
+    return [
         ("h2", "Versions"),
         (
             "list",
             [
                 f"service {__version__}; result schema {SCHEMA_VERSION}; ensemble "
-                f"{manifest.ensemble_version}; models digest {current}",
-                *(f"{i.name} {i.version} ({i.weights})" for i in infos),
+                f"{facts.manifest.ensemble_version}; models digest {facts.current}",
+                *(f"{i.name} {i.version} ({i.weights})" for i in facts.infos),
                 *(
                     f"figures: run {r.name}, service {', '.join(r.service_versions)}, models "
                     f"{', '.join(r.models_digests)}"
-                    for r in runs
+                    for r in facts.runs
                 ),
             ],
         ),
     ]
-    return items
 
 
 def render_model_card(
@@ -443,5 +478,5 @@ def render_model_card(
     items = _sections(manifest, infos, runs, source, directory.root, ensemble)
     base = Path.cwd()
     if fmt == "html":
-        return render_html(items, base, "Model card: DeepFake detection service")
+        return render_html(items, base, TITLE)
     return render_markdown(items, base)

@@ -1,55 +1,56 @@
 """One analysis, in-process: source -> download -> shots -> faces -> tracks -> scores -> Result.
 
 Paper section 3.1 end to end. The models are reached through
-:class:`~pipeline.stages.PipelineModels`
+:class:`~pipeline.model_access.PipelineModels`
 so that the CLI (local models) and the Serve application (deployment handles) share this code.
 
-Memory stays bounded by design: the video is decoded twice, lazily (once at 1 fps for shot
-boundaries, keeping only region descriptors; once at the shots' sampled frames), and a shot's
-state (face crops, small thumbnails) is released as soon as the shot is scored. Nothing scales
-with the video's length except the list of shot results.
+An image gets face detection and scoring only. A video is decoded twice, lazily: pass 1 at
+1 fps for shot boundaries (:mod:`pipeline.segment`), keeping only region descriptors; pass 2 at
+each shot's sampled frames (:mod:`pipeline.sampling`), keeping thumbnails and face crops. A shot
+is finished (tracks, scores, pictures: :mod:`pipeline.shot_scoring`) and its state released as
+soon as its last frame is in, so nothing scales with the video's length except the list of shot
+results. The knobs are :class:`~pipeline.settings.AnalysisSettings`.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
+import functools
 import itertools
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from dfd.version import __version__
 from pipeline import gallery
-from pipeline.aggregate import argmax_or_none, max_or_none, track_score
+from pipeline.aggregate import argmax_or_none, max_or_none
 from pipeline.artefacts import ArtefactSink
-from pipeline.cluster import TrackFace, build_tracks
-from pipeline.download import DownloadSettings, fetch
+from pipeline.download import fetch
 from pipeline.errors import CorruptMediaError, MissingFileError, TooLargeError
-from pipeline.faces import Detection, FaceSettings, crop, select_frame_times, square_box
-from pipeline.media import DEFAULT_MAX_PIXELS, MediaInfo, iter_frames, load_image, probe
-from pipeline.memory import release_free_memory
-from pipeline.models import InferenceSettings
+from pipeline.faces import Detection, crop, square_box
+from pipeline.media import MediaInfo, iter_frames, load_image, probe
+from pipeline.model_access import PipelineModels
 from pipeline.result import (
     ClusterResult,
     FaceResult,
     Methods,
     ModelInfo,
     Result,
-    ScoreBands,
     ShotResult,
     SourceInfo,
 )
-from pipeline.segment import SegmentSettings, Shot, segment_features
-from pipeline.stages import PipelineModels
+from pipeline.sampling import FramePlan, KeyFrame, SampledFace, ShotSamples
+from pipeline.segment import Segmentation, Shot, segment_features
+from pipeline.settings import AnalysisSettings
+from pipeline.shot_scoring import ShotFinisher, finish_shot
+from pipeline.version import __version__
+
+__all__ = ["STAGES", "AnalysisSettings", "Analyzer", "ProgressFn", "is_url", "load_analyzer"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,53 +59,6 @@ T = TypeVar("T")
 ProgressFn = Callable[[str, int, int], None]
 
 STAGES = ("downloading", "probing", "segmenting", "detecting faces", "scoring", "done")
-
-
-class AnalysisSettings(BaseModel):
-    """Every knob of one analysis, with the paper's numbers as defaults."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    download: DownloadSettings = DownloadSettings()
-    segmentation: SegmentSettings = SegmentSettings()
-    faces: FaceSettings = FaceSettings()
-    inference: InferenceSettings = InferenceSettings()
-    #: InceptionResnetV1 (VGGFace2) state dict; default ``<model dir>/aux/``.
-    embedder_weights: Path | None = None
-    #: Paper 3.1: edges where embedding similarity > 0.8.
-    sim_threshold: float = Field(0.8, ge=-1.0, le=1.0)
-    iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
-    #: Paper 3.1: drop tracks with fewer faces than 20% of the shot's sampled frames.
-    min_track_fraction: float = Field(0.2, ge=0.0, le=1.0)
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
-    galleries: bool = True
-    #: Longer side of keyframe thumbnails kept per sampled frame (UI hover-zoom needs detail).
-    gallery_max_side: int = Field(640, ge=64)
-    #: Keyframes per shot gallery and crops per track collage.
-    gallery_max_tiles: int = Field(16, ge=1)
-    collage_max_tiles: int = Field(36, ge=1)
-    #: Face crops larger than this are reduced when extracted (they are resized to the models'
-    #: 300 px anyway; this bounds a shot's memory for close-ups in 4K video).
-    crop_max_side: int = Field(600, ge=32)
-    bands: ScoreBands = ScoreBands()
-    #: Shots scored concurrently (useful when models are remote, as in Serve).
-    shot_workers: int = Field(1, ge=1)
-
-
-@dataclass
-class _Face:
-    frame_pos: int
-    frame_index: int
-    time_s: float
-    detection: Detection
-    crop: np.ndarray
-
-
-@dataclass
-class _ShotState:
-    shot: Shot
-    frames: list[tuple[int, float, np.ndarray, float]] = field(default_factory=list)
-    faces: list[_Face] = field(default_factory=list)
 
 
 class _Timer:
@@ -120,25 +74,24 @@ class _Timer:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
+@dataclass(frozen=True)
+class _Run:
+    """Where one analysis reports to and writes to."""
+
+    sink: ArtefactSink
+    report: ProgressFn
+    timer: _Timer
+    prefix: str
+
+
 def is_url(source: str) -> bool:
     return "://" in source[:16]
-
-
-def _shrink(img: np.ndarray, max_side: int) -> np.ndarray:
-    return gallery.thumbnail(img, max_side)[0]
 
 
 def _batched(items: Iterator[T], n: int) -> Iterator[list[T]]:
     """``itertools.batched`` (Python 3.12+) for 3.11."""
     while batch := list(itertools.islice(items, n)):
         yield batch
-
-
-def _spread(n: int, k: int) -> list[int]:
-    """``k`` indices spread evenly over ``range(n)`` (all of them when ``n <= k``)."""
-    if n <= k:
-        return list(range(n))
-    return sorted({round(v) for v in np.linspace(0, n - 1, k)})
 
 
 class Analyzer:
@@ -160,19 +113,18 @@ class Analyzer:
         prefix: str = "",
     ) -> Result:
         """Analyse a URL (downloaded first) or, when allowed, a local file."""
-        timer = _Timer()
-        report = progress or (lambda stage, done, total: None)
+        run = _Run(sink, progress or (lambda stage, done, total: None), _Timer(), prefix)
         src = str(source)
         if is_url(src) or not allow_local_paths:
-            report("downloading", 0, 0)
+            run.report("downloading", 0, 0)
             with tempfile.TemporaryDirectory(prefix="dfd-dl-") as tmp:
-                with timer("download"):
+                with run.timer("download"):
                     downloaded = fetch(src, Path(tmp), self.settings.download)
-                return self._analyze_path(downloaded.path, sink, report, timer, prefix, url=src)
+                return self._analyze_path(downloaded.path, run, url=src)
         path = Path(src)
         if not path.exists():
             raise MissingFileError(f"{path} does not exist")
-        return self._analyze_path(path, sink, report, timer, prefix, url=None)
+        return self._analyze_path(path, run, url=None)
 
     def analyze_file(
         self,
@@ -186,98 +138,62 @@ class Analyzer:
         """Analyse a file already on disk (an upload, a dataset video); ``url`` is recorded."""
         if not Path(path).exists():
             raise MissingFileError(f"{path} does not exist")
-        return self._analyze_path(
-            Path(path), sink, progress or (lambda s, d, t: None), _Timer(), prefix, url=url
-        )
+        run = _Run(sink, progress or (lambda s, d, t: None), _Timer(), prefix)
+        return self._analyze_path(Path(path), run, url=url)
 
-    # -- shared ------------------------------------------------------------------------------
+    # -- one medium: probe, its shots, the result --------------------------------------------
 
-    def _analyze_path(
-        self,
-        path: Path,
-        sink: ArtefactSink,
-        report: ProgressFn,
-        timer: _Timer,
-        prefix: str,
-        url: str | None,
-    ) -> Result:
-        report("probing", 0, 0)
-        with timer("probe"):
+    def _analyze_path(self, path: Path, run: _Run, url: str | None) -> Result:
+        info = self._probe(path, run)
+        if info.kind == "image":
+            shots, frames_sampled, methods = self._image(path, run)
+        else:
+            shots, frames_sampled, methods = self._video(path, info, run)
+        return self._result(path, url, info, shots, frames_sampled, methods, run)
+
+    def _probe(self, path: Path, run: _Run) -> MediaInfo:
+        """What the file is (from its bytes); a video over the duration limit is refused."""
+        run.report("probing", 0, 0)
+        with run.timer("probe"):
             info = probe(path, max_pixels=self.settings.max_pixels)
         if info.kind == "video" and (info.duration_s or 0) > self.settings.download.max_duration_s:
             raise TooLargeError(
                 f"video lasts {info.duration_s:.0f} s, over the limit of "
                 f"{self.settings.download.max_duration_s:.0f} s"
             )
-        if info.kind == "image":
-            shots, frames_sampled = self._image(path, info, sink, report, timer, prefix)
-            methods = Methods(
-                segmentation="none (image)",
-                face_detector=self.models.face_detector_name,
-                tracking_cues=["none (image: each face is its own track)"],
-                aggregation="face -> medium (max)",
-                sample_rate_hz=None,
-                max_frames_per_shot=1,
-            )
-        else:
-            shots, frames_sampled, cues, seg_method = self._video(
-                path, info, sink, report, timer, prefix
-            )
-            methods = Methods(
-                segmentation=seg_method,
-                face_detector=self.models.face_detector_name,
-                tracking_cues=cues,
-                sample_rate_hz=self.settings.segmentation.sample_fps,
-                max_frames_per_shot=self.settings.faces.max_frames_per_shot,
-            )
+        return info
+
+    def _result(
+        self,
+        path: Path,
+        url: str | None,
+        info: MediaInfo,
+        shots: list[ShotResult],
+        frames_sampled: int,
+        methods: Methods,
+        run: _Run,
+    ) -> Result:
+        """Paper 3.1: the medium's score is the max over its shots."""
         shot_scores = [s.score for s in shots]
         score = max_or_none(shot_scores)
         warnings = list(self.models.warnings())
         faces_total = sum(len(c.faces) for s in shots for c in s.clusters)
         if score is None:
             warnings.append("no face was found: the medium gets no DeepFake score")
-        report("done", 1, 1)
+        run.report("done", 1, 1)
         return Result(
             service_version=__version__,
-            source=SourceInfo(
-                url=url,
-                path=None if url is not None else str(path),
-                sha256=info.sha256,
-                media_type=info.kind,
-                format=info.format,
-                size_bytes=info.size_bytes,
-                width=info.width,
-                height=info.height,
-                fps=info.fps,
-                duration_s=info.duration_s,
-                frame_count=info.frame_count,
-                frames_sampled=frames_sampled,
-            ),
+            source=_source_info(info, path, url, frames_sampled),
             score=score,
             label=self.settings.bands.label(score),
             bands=self.settings.bands,
             top_shot=argmax_or_none(shot_scores),
             shots=shots,
             faces_total=faces_total,
-            models=[
-                ModelInfo(
-                    name=m.name,
-                    version=m.version,
-                    weights=m.weights,
-                    sha256=m.sha256,
-                    backend=m.backend,
-                    trained_on=m.trained_on,
-                    architecture=m.architecture,
-                    licence=m.licence,
-                    source=m.source,
-                    description=m.description,
-                    weight=m.weight,
-                )
-                for m in self.models.model_infos()
-            ],
+            models=_model_infos(self.models),
             ensemble=self.models.ensemble_name,
             methods=methods,
-            timings={k: round(v, 4) for k, v in timer.seconds.items()},
+            timings={k: round(v, 4) for k, v in run.timer.seconds.items()},
             warnings=warnings,
         )
 
@@ -288,28 +204,20 @@ class Analyzer:
         box = det.box
         if margin != self.settings.faces.margin:
             box = square_box(det.raw_box, frame.shape[1], frame.shape[0], margin)
-        return _shrink(crop(frame, box), self.settings.crop_max_side)
+        return gallery.thumbnail(crop(frame, box), self.settings.crop_max_side)[0]
 
     # -- images ------------------------------------------------------------------------------
 
-    def _image(
-        self,
-        path: Path,
-        info: MediaInfo,
-        sink: ArtefactSink,
-        report: ProgressFn,
-        timer: _Timer,
-        prefix: str,
-    ) -> tuple[list[ShotResult], int]:
+    def _image(self, path: Path, run: _Run) -> tuple[list[ShotResult], int, Methods]:
         """Paper 3.1: an image gets face detection and inference only; score = max over faces."""
         image = load_image(path, max_pixels=self.settings.max_pixels)
-        report("detecting faces", 0, 1)
-        with timer("faces"):
+        run.report("detecting faces", 0, 1)
+        with run.timer("faces"):
             detections = self.models.detect_faces([image])[0]
             crops = [self._crop(image, d) for d in detections]
-        report("detecting faces", 1, 1)
-        report("scoring", 0, 1)
-        with timer("scoring"):
+        run.report("detecting faces", 1, 1)
+        run.report("scoring", 0, 1)
+        with run.timer("scoring"):
             pred = self.models.score_faces(crops)
         clusters = []
         for i, det in enumerate(detections):
@@ -333,55 +241,57 @@ class Analyzer:
         )
         shot.label = self.settings.bands.label(shot.score)
         if self.settings.galleries:
-            with timer("gallery"):
-                self._image_artefacts(image, shot, crops, sink, prefix)
-        report("scoring", 1, 1)
-        return [shot], 1
-
-    def _image_artefacts(
-        self,
-        image: np.ndarray,
-        shot: ShotResult,
-        crops: Sequence[np.ndarray],
-        sink: ArtefactSink,
-        prefix: str,
-    ) -> None:
-        view, scale = gallery.thumbnail(image, max(self.settings.gallery_max_side, 1280))
-        shot.thumbnail = f"{prefix}image.jpg"
-        sink.put_bytes(shot.thumbnail, gallery.encode_jpeg(view), "image/jpeg")
-        boxed = [gallery.BoxedFace(c.faces[0].box, c.score) for c in shot.clusters]
-        shot.gallery = f"{prefix}image_boxes.jpg"
-        sink.put_bytes(
-            shot.gallery, gallery.encode_jpeg(gallery.draw_faces(view, boxed, scale)), "image/jpeg"
+            with run.timer("gallery"):
+                gallery.write_image_pictures(
+                    run.sink, run.prefix, image, shot, crops, self.settings.gallery_max_side
+                )
+        run.report("scoring", 1, 1)
+        methods = Methods(
+            segmentation="none (image)",
+            face_detector=self.models.face_detector_name,
+            tracking_cues=["none (image: each face is its own track)"],
+            aggregation="face -> medium (max)",
+            sample_rate_hz=None,
+            max_frames_per_shot=1,
         )
-        for cluster, face_crop in zip(shot.clusters, crops, strict=True):
-            cluster.collage = f"{prefix}faces/{cluster.id:03d}.jpg"
-            sink.put_bytes(cluster.collage, gallery.encode_jpeg(face_crop), "image/jpeg")
-            cluster.keyframe = shot.gallery
-            cluster.keyframe_time_s = 0.0
+        return [shot], 1, methods
 
     # -- videos ------------------------------------------------------------------------------
 
     def _video(
-        self,
-        path: Path,
-        info: MediaInfo,
-        sink: ArtefactSink,
-        report: ProgressFn,
-        timer: _Timer,
-        prefix: str,
-    ) -> tuple[list[ShotResult], int, list[str], str]:
-        s = self.settings
+        self, path: Path, info: MediaInfo, run: _Run
+    ) -> tuple[list[ShotResult], int, Methods]:
+        """Paper 3.1 for a video: shots, then per shot faces, tracks, scores and aggregation."""
         fps = info.fps or 25.0
-        # Pass 1: region descriptors at 1 fps, to the real end of the stream whatever the
-        # header says (iter_frames stops there); only descriptors are kept.
+        segmentation, frames_segmented = self._segment(path, info, fps, run)
+        plan = FramePlan.for_shots(segmentation.shots, fps, self.settings.faces.max_frames_per_shot)
+        cues: list[str] = ["iou", "embedding"] if self.models.has_embedder else ["iou"]
+        shots, frames_sampled = self._shots(path, segmentation.shots, plan, run)
+        methods = Methods(
+            segmentation=segmentation.method,
+            face_detector=self.models.face_detector_name,
+            tracking_cues=cues,
+            sample_rate_hz=self.settings.segmentation.sample_fps,
+            max_frames_per_shot=self.settings.faces.max_frames_per_shot,
+        )
+        return shots, frames_sampled + frames_segmented, methods
+
+    def _segment(
+        self, path: Path, info: MediaInfo, fps: float, run: _Run
+    ) -> tuple[Segmentation, int]:
+        """Pass 1: region descriptors at 1 fps, cut into shots; returns the frames it decoded.
+
+        Runs to the real end of the stream whatever the header says (iter_frames stops there);
+        only the descriptors are kept.
+        """
+        s = self.settings
         rate = s.segmentation.sample_fps
         expected = int((info.duration_s or 0) * rate) + 1
         times: list[float] = []
         features: list[np.ndarray] = []
         last_time = 0.0
-        report("segmenting", 0, expected)
-        with timer("segmentation"):
+        run.report("segmenting", 0, expected)
+        with run.timer("segmentation"):
             stream = iter_frames(
                 path, (k / rate for k in itertools.count()), max_pixels=s.max_pixels
             )
@@ -389,7 +299,7 @@ class Analyzer:
                 features.extend(self.models.region_features([f.image for f in batch]))
                 times.extend(f.time_s for f in batch)
                 last_time = batch[-1].time_s
-                report("segmenting", len(times), max(expected, len(times)))
+                run.report("segmenting", len(times), max(expected, len(times)))
             if not times:
                 raise CorruptMediaError(f"{path.name}: no video frame could be decoded")
             duration = max(info.duration_s or 0.0, last_time + 1.0 / fps)
@@ -401,202 +311,102 @@ class Analyzer:
                 s.segmentation,
                 self.models.segmentation_threshold,
             )
-        del features
-        shots = segmentation.shots
-        # Pass 2: at most 64 unique frames per shot, spread over it (paper 3.1).
-        plan: list[tuple[float, int]] = []
-        for shot in shots:
-            picked = select_frame_times(shot.start_s, shot.end_s, fps, s.faces.max_frames_per_shot)
-            plan.extend((t, shot.index) for t in (picked or [shot.start_s]))
-        plan_times = [t for t, _ in plan]
-        states = {shot.index: _ShotState(shot) for shot in shots}
-        results: dict[int, ShotResult] = {}
-        cues: list[str] = ["iou", "embedding"] if self.models.has_embedder else ["iou"]
-        pending: list[tuple[int, int, float, np.ndarray]] = []
-        futures: dict[int, Future[ShotResult]] = {}
-        executor = ThreadPoolExecutor(s.shot_workers) if s.shot_workers > 1 else None
+        return segmentation, len(times)
+
+    def _shots(
+        self, path: Path, shots: list[Shot], plan: FramePlan, run: _Run
+    ) -> tuple[list[ShotResult], int]:
+        """Pass 2: decode the planned frames (paper 3.1: at most 64 unique ones per shot),
+        detect faces on them in batches, and finish each shot once its last frame is in.
+
+        Returns the shots' results in time order and the number of frames decoded.
+        """
+        s = self.settings
+        samples = {shot.index: ShotSamples(shot) for shot in shots}
+        pending: list[tuple[int, int, float, np.ndarray]] = []  # (shot, index, time, image)
         frames_sampled = 0
-        done_shots = 0
-
-        def flush() -> None:
-            if not pending:
-                return
-            with timer("faces"):
-                dets = self.models.detect_faces([p[3] for p in pending])
-                for (shot_idx, index, t, img), frame_dets in zip(pending, dets, strict=True):
-                    state = states[shot_idx]
-                    pos = len(state.frames)
-                    thumb, scale = gallery.thumbnail(img, s.gallery_max_side)
-                    state.frames.append((index, t, thumb, scale))
-                    for d in frame_dets:
-                        state.faces.append(_Face(pos, index, t, d, self._crop(img, d)))
-            pending.clear()
-
-        def finish(shot_idx: int) -> None:
-            nonlocal done_shots
-            state = states.pop(shot_idx)
-            if executor is None:
-                results[shot_idx] = self._finish_shot(state, sink, prefix, timer)
-                del state
-                release_free_memory()  # a long video must not need more RAM than a short one
-                done_shots += 1
-                report("scoring", done_shots, len(shots))
-                return
-            futures[shot_idx] = executor.submit(self._finish_shot, state, sink, prefix, timer)
-            # Bound memory: never more shots in flight than workers (plus the one decoding).
-            while sum(not f.done() for f in futures.values()) > s.shot_workers:
-                next(f for f in futures.values() if not f.done()).result()
-
-        report("detecting faces", 0, len(plan))
+        run.report("detecting faces", 0, len(plan))
         current = shots[0].index
-        try:
-            for frame in iter_frames(path, plan_times, max_pixels=s.max_pixels):
-                # The planned time nearest to this frame says which shot it serves.
-                k = bisect.bisect_left(plan_times, frame.time_s)
-                if k > 0 and (
-                    k == len(plan_times)
-                    or frame.time_s - plan_times[k - 1] <= plan_times[k] - frame.time_s
-                ):
-                    k -= 1
-                shot_idx = plan[k][1]
+        finish = functools.partial(
+            finish_shot, self.models, s, sink=run.sink, prefix=run.prefix, timer=run.timer
+        )
+        with ShotFinisher(finish, samples, s.shot_workers, run.report) as finisher:
+            for frame in iter_frames(path, plan.times, max_pixels=s.max_pixels):
+                shot_idx = plan.shot_of(frame.time_s)
                 if shot_idx != current:
-                    flush()
+                    self._detect_faces(pending, samples, run)
                     for idx in range(current, shot_idx):
-                        if idx in states:
-                            finish(idx)
+                        finisher.finish(idx)
                     current = shot_idx
                 pending.append((shot_idx, frame.index, frame.time_s, frame.image))
                 frames_sampled += 1
                 if len(pending) >= s.faces.batch_size:
-                    flush()
-                report("detecting faces", frames_sampled, len(plan))
-            flush()
-            for idx in sorted(states):
-                finish(idx)
-            for idx, fut in futures.items():
-                results[idx] = fut.result()
-        finally:
-            if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
-        ordered = [results[shot.index] for shot in shots]
-        return ordered, frames_sampled + len(times), cues, segmentation.method
+                    self._detect_faces(pending, samples, run)
+                run.report("detecting faces", frames_sampled, len(plan))
+            self._detect_faces(pending, samples, run)
+            results = finisher.finish_all()
+        return [results[shot.index] for shot in shots], frames_sampled
 
-    def _finish_shot(
-        self, state: _ShotState, sink: ArtefactSink, prefix: str, timer: _Timer
-    ) -> ShotResult:
-        """Tracks, scores, aggregation and pictures for one shot; releases its crops."""
-        s = self.settings
-        shot, faces = state.shot, state.faces
-        n_frames = len(state.frames)
-        result = ShotResult(
-            index=shot.index,
-            start_s=round(shot.start_s, 4),
-            end_s=round(shot.end_s, 4),
-            sampled_frames=n_frames,
-            faces_detected=len(faces),
-            clusters=[],
-        )
-        if faces:
-            with timer("tracks"):
-                embeddings = (
-                    self.models.embed_faces([f.crop for f in faces])
-                    if self.models.has_embedder
-                    else None
-                )
-                tracks = build_tracks(
-                    [TrackFace(f.frame_pos, f.detection.box) for f in faces],
-                    max(n_frames, 1),
-                    embeddings,
-                    sim_threshold=s.sim_threshold,
-                    iou_threshold=s.iou_threshold,
-                    min_fraction=s.min_track_fraction,
-                )
-            kept = [i for cluster in tracks.clusters for i in cluster]
-            with timer("scoring"):
-                pred = self.models.score_faces([faces[i].crop for i in kept])
-            score_of = {i: float(pred.probability[j]) for j, i in enumerate(kept)}
-            members_of = {i: pred.member_dict(j) for j, i in enumerate(kept)}
-            for cid, cluster in enumerate(tracks.clusters):
-                face_results = [
-                    FaceResult(
-                        frame_index=faces[i].frame_index,
-                        time_s=round(faces[i].time_s, 4),
-                        box=faces[i].detection.box,
-                        detection_confidence=round(faces[i].detection.confidence, 6),
-                        score=score_of[i],
-                        member_scores=members_of[i],
-                    )
-                    for i in cluster
-                ]
-                result.clusters.append(
-                    ClusterResult(
-                        id=cid,
-                        score=track_score([f.score for f in face_results]),
-                        faces=face_results,
-                    )
-                )
-            result.dropped_clusters = len(tracks.dropped)
-            result.score = max_or_none([c.score for c in result.clusters])
-            if s.galleries:
-                with timer("gallery"):
-                    self._shot_artefacts(state, tracks.clusters, result, score_of, sink, prefix)
-        result.label = s.bands.label(result.score)
-        if s.galleries and result.gallery is None and state.frames:
-            with timer("gallery"):
-                self._shot_artefacts(state, [], result, {}, sink, prefix)
-        return result
-
-    def _shot_artefacts(
+    def _detect_faces(
         self,
-        state: _ShotState,
-        clusters: list[list[int]],
-        result: ShotResult,
-        score_of: dict[int, float],
-        sink: ArtefactSink,
-        prefix: str,
+        pending: list[tuple[int, int, float, np.ndarray]],
+        samples: dict[int, ShotSamples],
+        run: _Run,
     ) -> None:
-        s = self.settings
-        base = f"{prefix}shots/{result.index:04d}"
-        kept_by_frame: dict[int, list[gallery.BoxedFace]] = {}
-        for cluster in clusters:
-            for i in cluster:
-                f = state.faces[i]
-                kept_by_frame.setdefault(f.frame_pos, []).append(
-                    gallery.BoxedFace(f.detection.box, score_of[i])
-                )
-        positions = _spread(len(state.frames), s.gallery_max_tiles)
-        tiles = [
-            (state.frames[p][2], kept_by_frame.get(p, []), state.frames[p][3]) for p in positions
-        ]
-        result.gallery = f"{base}/gallery.jpg"
-        sink.put_bytes(result.gallery, gallery.shot_gallery(tiles), "image/jpeg")
-        middle = state.frames[len(state.frames) // 2]
-        result.thumbnail = f"{base}/thumbnail.jpg"
-        sink.put_bytes(result.thumbnail, gallery.encode_jpeg(middle[2]), "image/jpeg")
-        for cid, (cluster, cres) in enumerate(zip(clusters, result.clusters, strict=True)):
-            picks = [cluster[p] for p in _spread(len(cluster), s.collage_max_tiles)]
-            cres.collage = f"{base}/track{cid:02d}_collage.jpg"
-            sink.put_bytes(
-                cres.collage,
-                gallery.track_collage(
-                    [state.faces[i].crop for i in picks], [score_of[i] for i in picks]
-                ),
-                "image/jpeg",
-            )
-            best = max(cluster, key=lambda i: state.faces[i].detection.confidence)
-            face = state.faces[best]
-            _, _, thumb, scale = state.frames[face.frame_pos]
-            cres.keyframe = f"{base}/track{cid:02d}_keyframe.jpg"
-            cres.keyframe_time_s = round(face.time_s, 4)
-            image = gallery.draw_faces(
-                thumb, [gallery.BoxedFace(face.detection.box, score_of[best])], scale
-            )
-            sink.put_bytes(cres.keyframe, gallery.encode_jpeg(image), "image/jpeg")
+        """Faces on a batch of decoded frames; each frame's thumbnail and crops go to its shot."""
+        if not pending:
+            return
+        with run.timer("faces"):
+            dets = self.models.detect_faces([p[3] for p in pending])
+            for (shot_idx, index, t, img), frame_dets in zip(pending, dets, strict=True):
+                shot = samples[shot_idx]
+                pos = len(shot.frames)
+                thumb, scale = gallery.thumbnail(img, self.settings.gallery_max_side)
+                shot.frames.append(KeyFrame(index, t, thumb, scale))
+                for d in frame_dets:
+                    shot.faces.append(SampledFace(pos, index, t, d, self._crop(img, d)))
+        pending.clear()
+
+
+def _source_info(info: MediaInfo, path: Path, url: str | None, frames_sampled: int) -> SourceInfo:
+    return SourceInfo(
+        url=url,
+        path=None if url is not None else str(path),
+        sha256=info.sha256,
+        media_type=info.kind,
+        format=info.format,
+        size_bytes=info.size_bytes,
+        width=info.width,
+        height=info.height,
+        fps=info.fps,
+        duration_s=info.duration_s,
+        frame_count=info.frame_count,
+        frames_sampled=frames_sampled,
+    )
+
+
+def _model_infos(models: PipelineModels) -> list[ModelInfo]:
+    return [
+        ModelInfo(
+            name=m.name,
+            version=m.version,
+            weights=m.weights,
+            sha256=m.sha256,
+            backend=m.backend,
+            trained_on=m.trained_on,
+            architecture=m.architecture,
+            licence=m.licence,
+            source=m.source,
+            description=m.description,
+            weight=m.weight,
+        )
+        for m in models.model_infos()
+    ]
 
 
 def load_analyzer(settings: AnalysisSettings | None = None) -> Analyzer:
     """An :class:`Analyzer` with every model loaded in this process."""
-    from pipeline.stages import LocalModels
+    from pipeline.model_access import LocalModels
 
     settings = settings or AnalysisSettings()
     models = LocalModels.load(

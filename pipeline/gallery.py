@@ -2,6 +2,9 @@
 
 Per shot: a collage of its sampled keyframes with every kept face boxed in a colour that encodes
 its score, plus a legend. Per track: a collage of its face crops and one keyframe with the box.
+For an image: the image, the image with its faces boxed, and each face's crop.
+:func:`write_shot_pictures` and :func:`write_image_pictures` store them in an
+:class:`~pipeline.artefacts.ArtefactSink` and record their keys in the result.
 Colours come from a blue-to-vermillion map built on the Okabe-Ito palette, which stays
 distinguishable under the common colour-vision deficiencies (and in greyscale, by lightness).
 """
@@ -16,6 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.artefacts import ArtefactSink
+from pipeline.result import ShotResult
+from pipeline.sampling import ShotSamples, spread
 
 # Okabe-Ito blue, a light neutral, Okabe-Ito vermillion: score 0, 0.5, 1.
 _STOPS = (
@@ -147,3 +154,80 @@ def track_collage(crops: Sequence[np.ndarray], scores: Sequence[float], tile: in
         framed.paste(img, (4, 4))
         tiles.append(framed)
     return encode_jpeg(grid(tiles, tile + 8, tile + 8, with_legend=True))
+
+
+# --- the pictures of one analysis, written to a sink -----------------------------------------
+
+
+def write_image_pictures(
+    sink: ArtefactSink,
+    prefix: str,
+    image: np.ndarray,
+    shot: ShotResult,
+    crops: Sequence[np.ndarray],
+    max_side: int,
+) -> None:
+    """An image's view, the view with its faces boxed, and one crop per face (``shot.clusters``)."""
+    view, scale = thumbnail(image, max(max_side, 1280))
+    shot.thumbnail = f"{prefix}image.jpg"
+    sink.put_bytes(shot.thumbnail, encode_jpeg(view), "image/jpeg")
+    boxed = [BoxedFace(c.faces[0].box, c.score) for c in shot.clusters]
+    shot.gallery = f"{prefix}image_boxes.jpg"
+    sink.put_bytes(shot.gallery, encode_jpeg(draw_faces(view, boxed, scale)), "image/jpeg")
+    for cluster, face_crop in zip(shot.clusters, crops, strict=True):
+        cluster.collage = f"{prefix}faces/{cluster.id:03d}.jpg"
+        sink.put_bytes(cluster.collage, encode_jpeg(face_crop), "image/jpeg")
+        cluster.keyframe = shot.gallery
+        cluster.keyframe_time_s = 0.0
+
+
+def write_shot_pictures(
+    sink: ArtefactSink,
+    prefix: str,
+    samples: ShotSamples,
+    clusters: list[list[int]],
+    result: ShotResult,
+    score_of: dict[int, float],
+    max_tiles: int,
+    collage_max_tiles: int,
+) -> None:
+    """A shot's gallery and thumbnail, and each track's collage and keyframe.
+
+    ``clusters`` index ``samples.faces``, one list per track of ``result.clusters`` (in order);
+    ``score_of`` maps those indices to face scores. At most ``max_tiles`` keyframes go into the
+    gallery and ``collage_max_tiles`` crops into a collage, spread over the shot or the track.
+    """
+    base = f"{prefix}shots/{result.index:04d}"
+    kept_by_frame: dict[int, list[BoxedFace]] = {}
+    for cluster in clusters:
+        for i in cluster:
+            f = samples.faces[i]
+            kept_by_frame.setdefault(f.frame_pos, []).append(
+                BoxedFace(f.detection.box, score_of[i])
+            )
+    frames = samples.frames
+    tiles = [
+        (frames[p].thumbnail, kept_by_frame.get(p, []), frames[p].scale)
+        for p in spread(len(frames), max_tiles)
+    ]
+    result.gallery = f"{base}/gallery.jpg"
+    sink.put_bytes(result.gallery, shot_gallery(tiles), "image/jpeg")
+    middle = frames[len(frames) // 2]
+    result.thumbnail = f"{base}/thumbnail.jpg"
+    sink.put_bytes(result.thumbnail, encode_jpeg(middle.thumbnail), "image/jpeg")
+    for cid, (cluster, cres) in enumerate(zip(clusters, result.clusters, strict=True)):
+        picks = [cluster[p] for p in spread(len(cluster), collage_max_tiles)]
+        cres.collage = f"{base}/track{cid:02d}_collage.jpg"
+        collage = track_collage(
+            [samples.faces[i].crop for i in picks], [score_of[i] for i in picks]
+        )
+        sink.put_bytes(cres.collage, collage, "image/jpeg")
+        best = max(cluster, key=lambda i: samples.faces[i].detection.confidence)
+        face = samples.faces[best]
+        keyframe = frames[face.frame_pos]
+        cres.keyframe = f"{base}/track{cid:02d}_keyframe.jpg"
+        cres.keyframe_time_s = round(face.time_s, 4)
+        image = draw_faces(
+            keyframe.thumbnail, [BoxedFace(face.detection.box, score_of[best])], keyframe.scale
+        )
+        sink.put_bytes(cres.keyframe, encode_jpeg(image), "image/jpeg")

@@ -30,7 +30,7 @@ from pathlib import Path
 import redis
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from serve.jobstore import sqlite_connect, sqlite_enable_wal
+from serve.jobstore.sqlite import sqlite_connect, sqlite_enable_wal
 
 __all__ = [
     "KEY_PREFIX",

@@ -34,7 +34,9 @@ from serve.auth import (
     RedisRateLimiter,
     SQLiteKeyStore,
 )
-from serve.jobstore import JobStore, RecoveryPolicy, RedisJobStore, SQLiteJobStore
+from serve.jobstore import JobStore, RecoveryPolicy
+from serve.jobstore.redis import RedisJobStore
+from serve.jobstore.sqlite import SQLiteJobStore
 from serve.storage import ArtefactStorage, LocalStorage, S3Storage
 
 __all__ = [

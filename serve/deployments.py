@@ -28,12 +28,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipeline.analyze import Analyzer
-from pipeline.cluster import FaceEmbedder
 from pipeline.errors import ModelError
 from pipeline.faces import Detection, FaceDetector, FaceSettings
+from pipeline.model_access import FACENET_FILE, RESNET50_FILE, LocalModels
 from pipeline.models import InferenceSettings, Member, MemberInfo, resolve_model_dir
 from pipeline.segment import SegmentSettings, build_extractor
-from pipeline.stages import FACENET_FILE, RESNET50_FILE, LocalModels
+from pipeline.tracks import FaceEmbedder
 from serve.config import BatchSettings, ServiceConfig
 
 __all__ = [
@@ -382,7 +382,7 @@ class IngressDeployment:
 
 def model_aux_weights(config: ServiceConfig) -> tuple[Path, Path | None]:
     """Embedder and segmentation weights paths the deployments load (absent files select the
-    weight-free methods, as in :meth:`pipeline.stages.LocalModels.load`)."""
+    weight-free methods, as in :meth:`pipeline.model_access.LocalModels.load`)."""
     aux = aux_dir(config.analysis.inference)
     embed = config.analysis.embedder_weights or aux / FACENET_FILE
     seg = config.analysis.segmentation.weights_path or aux / RESNET50_FILE

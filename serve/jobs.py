@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dfd.version import __version__
 from pipeline.analyze import AnalysisSettings, Analyzer
 from pipeline.download import DownloadSettings, fetch
 from pipeline.errors import DfdError
 from pipeline.models import MemberInfo
 from pipeline.models.ensemble import models_digest
 from pipeline.result import Result
+from pipeline.version import __version__
 from serve.config import JobSettings
 from serve.jobstore import (
     CacheKey,

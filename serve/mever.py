@@ -29,7 +29,7 @@ for requests carrying an ``Origin``), with a per-address rate limit. Answers are
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -37,12 +37,12 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline.aggregate import argmax_or_none, max_or_none, track_score
 from pipeline.models.importers.fsfm import FSFM_SOURCE
+from serve.config import MeverSettings
+from serve.context import ApiContext
 from serve.jobs import source_artefact
+from serve.jobs_service import JobsService
 from serve.jobstore import Job, JobStatus
 from serve.problems import ProblemError
-
-if TYPE_CHECKING:
-    from serve.api import ApiContext, JobsService
 
 __all__ = [
     "DEFAULT_SERVICES",
@@ -196,56 +196,76 @@ def _services(raw: str | None, route: MediaRoute) -> list[str]:
     return wanted
 
 
+def _guard(ctx: ApiContext, request: Request) -> None:
+    """Refuse (403) addresses outside ``mever.allowed_networks`` and disallowed origins, and
+    (429) an address over its rate."""
+    settings = ctx.config.mever
+    address = request.client.host if request.client else ""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError as exc:
+        raise ProblemError.of("forbidden", "the client address is unknown") from exc
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if not any(ip in net for net in settings.allowed_networks):
+        raise ProblemError.of("forbidden", "this address may not use the MeVer-compatible API")
+    origin = request.headers.get("origin")
+    if origin and settings.allowed_origins and origin not in settings.allowed_origins:
+        raise ProblemError.of("forbidden", f"origin {origin[:100]} is not allowed")
+    decision = ctx.limiter.hit(f"mever:{ip}", settings.rate_per_min)
+    if not decision.allowed:
+        raise ProblemError.of(
+            "rate-limited",
+            f"over {decision.limit} requests per minute from this address",
+            headers=decision.headers(),
+        )
+
+
+def _answer(
+    settings: MeverSettings, request: Request, body: dict[str, Any], status: int = 200
+) -> JSONResponse:
+    """``body`` as JSON, never cached, with CORS headers for an allowed ``Origin``."""
+    headers = {"Cache-Control": "no-store"}
+    origin = request.headers.get("origin")
+    if origin and origin in settings.allowed_origins:
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Vary"] = "Origin"
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _mever_job(service: JobsService, job_id: str) -> Job:
+    job = service.get(job_id)
+    if "mever" not in job.options:  # /v1 jobs belong to key holders, not to this API
+        raise ProblemError.of("not-found", f"no job with id {job_id[:80]}")
+    return job
+
+
+def _reports(job: Job, result: dict[str, Any], video_url: str) -> dict[str, Any]:
+    """``{"<service>_report": ...}`` for every service the job was submitted for."""
+    body: dict[str, Any] = {}
+    fsfm = fsfm_members(result)
+    for name in job.options["mever"]["services"]:
+        if name == "faceswap_fsfm" and fsfm:
+            # With an FSFM member in the ensemble, its report is that member's own.
+            body[f"{name}_report"] = video_report(rescored(result, fsfm), video_url)
+        elif name in VIDEO_SERVICES:
+            body[f"{name}_report"] = video_report(result, video_url)
+        else:
+            body[f"{name}_report"] = image_report(result)
+    return body
+
+
 def mever_router(ctx: ApiContext, service: JobsService) -> APIRouter:
     """The compatibility routes, to be mounted at ``mever.base_path``."""
     settings = ctx.config.mever
-    base_path = settings.base_path
     router = APIRouter(tags=["MeVer compatibility"])
-
-    def guard(request: Request) -> None:
-        address = request.client.host if request.client else ""
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError as exc:
-            raise ProblemError.of("forbidden", "the client address is unknown") from exc
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if not any(ip in net for net in settings.allowed_networks):
-            raise ProblemError.of("forbidden", "this address may not use the MeVer-compatible API")
-        origin = request.headers.get("origin")
-        if origin and settings.allowed_origins and origin not in settings.allowed_origins:
-            raise ProblemError.of("forbidden", f"origin {origin[:100]} is not allowed")
-        decision = ctx.limiter.hit(f"mever:{ip}", settings.rate_per_min)
-        if not decision.allowed:
-            raise ProblemError.of(
-                "rate-limited",
-                f"over {decision.limit} requests per minute from this address",
-                headers=decision.headers(),
-            )
-
-    def answer(request: Request, body: dict[str, Any], status: int = 200) -> JSONResponse:
-        headers = {"Cache-Control": "no-store"}
-        origin = request.headers.get("origin")
-        if origin and origin in settings.allowed_origins:
-            headers["Access-Control-Allow-Origin"] = origin
-            headers["Vary"] = "Origin"
-        return JSONResponse(body, status_code=status, headers=headers)
-
-    def mever_job(job_id: str) -> Job:
-        job = service.get(job_id)
-        if "mever" not in job.options:  # /v1 jobs belong to key holders, not to this API
-            raise ProblemError.of("not-found", f"no job with id {job_id[:80]}")
-        return job
-
-    def base_url(request: Request) -> str:
-        return (ctx.config.public_base_url or str(request.base_url)).rstrip("/") + base_path
 
     @router.post("/{route}/jobs", status_code=202)
     async def submit(
         request: Request, route: MediaRoute, url: str | None = None, services: str | None = None
     ) -> JSONResponse:
         """Submit by ``url`` query parameter or a multipart ``file``; answers ``{"id"}``."""
-        await run_in_threadpool(guard, request)
+        await run_in_threadpool(_guard, ctx, request)
         wanted = _services(services, route)
         options = {"mever": {"route": route, "services": wanted}}
         if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
@@ -258,37 +278,27 @@ def mever_router(ctx: ApiContext, service: JobsService) -> APIRouter:
             )
         else:
             raise ProblemError.of("invalid-input", "give ?url=... or a multipart field 'file'")
-        return answer(request, {"id": job.id, "status": mever_status(job.status)}, 202)
+        return _answer(settings, request, {"id": job.id, "status": mever_status(job.status)}, 202)
 
     @router.get("/{route}/jobs/{job_id}")
     def status(request: Request, route: MediaRoute, job_id: str) -> JSONResponse:
-        guard(request)
-        job = mever_job(job_id)
-        return answer(request, {"id": job.id, "status": mever_status(job.status)})
+        _guard(ctx, request)
+        job = _mever_job(service, job_id)
+        return _answer(settings, request, {"id": job.id, "status": mever_status(job.status)})
 
     @router.get("/{route}/reports/{job_id}")
     def reports(request: Request, route: MediaRoute, job_id: str) -> JSONResponse:
-        guard(request)
-        job = mever_job(job_id)
-        artefacts = f"{base_url(request)}artefacts/{job.id}/"
+        _guard(ctx, request)
+        job = _mever_job(service, job_id)
+        artefacts = f"{ctx.base_url(request)}{settings.base_path}artefacts/{job.id}/"
         result = service.resolved_result(job, lambda p: artefacts + p)
         video_url = artefacts + source_artefact(result["source"]["format"])
-        body: dict[str, Any] = {}
-        fsfm = fsfm_members(result)
-        for name in job.options["mever"]["services"]:
-            if name == "faceswap_fsfm" and fsfm:
-                # With an FSFM member in the ensemble, its report is that member's own.
-                body[f"{name}_report"] = video_report(rescored(result, fsfm), video_url)
-            elif name in VIDEO_SERVICES:
-                body[f"{name}_report"] = video_report(result, video_url)
-            else:
-                body[f"{name}_report"] = image_report(result)
-        return answer(request, body)
+        return _answer(settings, request, _reports(job, result, video_url))
 
     @router.api_route("/artefacts/{job_id}/{path:path}", methods=["GET", "HEAD"])
     def artefact(request: Request, job_id: str, path: str) -> Response:
         """Pictures and the analysed medium, with ``Range`` support."""
-        guard(request)
-        return service.artefact_response(request, mever_job(job_id), path)
+        _guard(ctx, request)
+        return service.artefact_response(request, _mever_job(service, job_id), path)
 
     return router

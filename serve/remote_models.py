@@ -1,8 +1,8 @@
 """The pipeline's models reached through Serve deployment handles.
 
-:class:`RemoteModels` implements :class:`pipeline.stages.PipelineModels`, so the job runner runs
-the very :class:`pipeline.analyze.Analyzer` that ``dfd analyze`` runs, with each model in its own
-deployment (paper 3.3: every block is its own micro-service). The members are called
+:class:`RemoteModels` implements :class:`pipeline.model_access.PipelineModels`, so the job
+runner runs the very :class:`pipeline.analyze.Analyzer` that ``dfd analyze`` runs, with each model
+in its own deployment (paper 3.3: every block is its own micro-service). The members are called
 concurrently, each with its own centred square of the face crops, and their sigmoid
 probabilities combined by the same rules as :meth:`pipeline.models.Ensemble.predict`
 (:mod:`pipeline.models.ensemble`); only the grouping of faces into forward passes differs
@@ -63,7 +63,7 @@ class ModelsDescription:
 
 
 class RemoteModels:
-    """:class:`~pipeline.stages.PipelineModels` over deployment handles (thread-safe)."""
+    """:class:`~pipeline.model_access.PipelineModels` over deployment handles (thread-safe)."""
 
     def __init__(
         self,

@@ -18,18 +18,11 @@ from PIL import Image
 from pydantic import ValidationError
 from torch import nn
 
-from batch.attack import (
-    AttackRunSettings,
-    AttackSettings,
-    FaceAttacker,
-    TwoClassLogits,
-    crafting_module,
-    read_config,
-    read_scores,
-    run_attack,
-    video_score,
-)
+from batch.attack import AttackRunSettings, AttackSettings, FaceAttacker, run_attack
+from batch.attack_model import TwoClassLogits, crafting_module
+from batch.attack_video import video_score
 from batch.datasets import VideoRow, read_dataset
+from evaluation.attack_runs import read_config, read_scores
 from evaluation.metrics import balanced_accuracy
 from pipeline.analyze import AnalysisSettings
 from pipeline.errors import ConfigError
@@ -411,7 +404,8 @@ def test_ray_run_matches_the_evaluation_run(
 ) -> None:
     """Same rows, same settings: the attack run's clean scores are the evaluation run's."""
     from batch.config import EvaluationConfig
-    from batch.evaluate import RunFolder, run_evaluation
+    from batch.evaluate import run_evaluation
+    from evaluation.runs import RunFolder
 
     manifest = tmp_path / "media.csv"
     manifest.write_text(

@@ -17,17 +17,10 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from batch.config import EvaluationConfig
 from batch.datasets import VideoRow, read_dataset
-from batch.evaluate import (
-    RunFolder,
-    analysis_digest,
-    face_schema,
-    member_column,
-    prediction_schema,
-    run_evaluation,
-    score_sequentially,
-)
+from batch.evaluate import analysis_digest, run_evaluation, score_sequentially
 from evaluation.metrics import aggregate_to_video
-from evaluation.report import compute_run_metrics
+from evaluation.run_metrics import compute_run_metrics
+from evaluation.runs import RunFolder, face_schema, member_column, prediction_schema
 from pipeline.analyze import AnalysisSettings
 from pipeline.errors import ConfigError
 from pipeline.faces import FaceSettings

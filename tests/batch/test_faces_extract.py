@@ -12,15 +12,13 @@ import pytest
 from PIL import Image
 
 from batch.datasets import VideoRow, read_dataset
-from batch.faces import (
+from batch.faces import ExtractionSummary, FaceExtractionConfig, extract_faces
+from batch.faces_extractor import assign_split
+from batch.faces_folder import (
     FACE_SCHEMA,
     FACES_FILE,
-    ExtractionSummary,
-    FaceExtractionConfig,
     FacesFolder,
-    assign_split,
     decode_crop,
-    extract_faces,
     read_errors,
     read_faces,
 )

@@ -20,18 +20,11 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from batch.faces import FACE_SCHEMA, FACES_FILE, PARTS_DIR, FaceExtractionConfig, extract_faces
-from batch.train import (
-    FP16_TOLERANCE,
-    TRAIN_FILE,
-    TrainConfig,
-    _check_room,
-    _fp16_gap,
-    latest_checkpoint,
-    plan_faces,
-    prepare_batch,
-    train,
-)
+from batch.faces import FaceExtractionConfig, extract_faces
+from batch.faces_folder import FACE_SCHEMA, FACES_FILE, PARTS_DIR
+from batch.train import TRAIN_FILE, TrainConfig, _check_room, latest_checkpoint, train
+from batch.train_data import plan_faces, prepare_batch
+from batch.train_member import FP16_TOLERANCE, _fp16_gap
 from evaluation.model_card import render_model_card
 from pipeline.errors import BadInputError, ConfigError
 from pipeline.models.catalog import TRAINABLE

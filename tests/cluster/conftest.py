@@ -1,4 +1,4 @@
-"""A three-node Ray cluster on this machine (:func:`dfd.localcluster.local_cluster`, what
+"""A three-node Ray cluster on this machine (:func:`bench.localcluster.local_cluster`, what
 ``dfd bench cluster`` runs), each node declaring one GPU, with the whole service deployed on it
 the way ``cluster.yaml`` does: the application built by :func:`serve.app.build_app_from_env`
 from Serve-YAML-like args, with Redis (the real server on 127.0.0.1:6379) and S3 (moto's server
@@ -98,7 +98,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     import ray
     from ray import serve
 
-    from dfd.localcluster import deploy, local_cluster
+    from bench.localcluster import deploy, local_cluster
     from serve.app import build_app_from_env
 
     root = tmp_path_factory.mktemp("cluster")

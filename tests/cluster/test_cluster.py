@@ -23,9 +23,10 @@ import pytest
 
 from batch.config import EvaluationConfig
 from batch.datasets import VideoRow
-from batch.evaluate import RunFolder, run_evaluation
+from batch.evaluate import run_evaluation
+from evaluation.runs import RunFolder
 from serve.app import APP_NAME, member_deployment_name
-from serve.jobstore import RedisJobStore
+from serve.jobstore.redis import RedisJobStore
 from serve.status import ClusterStatus, read_status
 from tests.cluster.conftest import GPU_FRACTIONS, NODES, RayCluster
 from tests.serve.conftest import analysis_settings, wait_for, wait_job

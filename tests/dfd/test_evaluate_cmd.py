@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batch.evaluate import RunFolder
+from evaluation.runs import RunFolder
 from tests.evaluation.test_report import SHIFTS, write_run
 from tests.support.models import make_model_dir
 

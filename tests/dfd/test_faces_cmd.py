@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from batch.faces import read_faces
+from batch.faces_folder import read_faces
 from dfd.cli import app
 
 

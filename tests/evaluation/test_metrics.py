@@ -11,14 +11,13 @@ import pyarrow as pa
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
+from evaluation.group_metrics import compute_metrics, report_records
 from evaluation.metrics import (
     MetricName,
     aggregate_to_video,
     balanced_accuracy,
     bootstrap_ci,
     choose_threshold,
-    compute_metrics,
-    report_records,
     roc_auc,
     roc_curve_points,
 )

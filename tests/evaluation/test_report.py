@@ -15,16 +15,12 @@ import pytest
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from batch.evaluate import RunFolder, face_schema, member_column, prediction_schema
 from evaluation.metrics import choose_threshold, roc_curve_points
-from evaluation.report import (
-    PAPER_TABLE1,
-    RocLine,
-    compute_run_metrics,
-    load_report,
-    plot_roc,
-    write_report,
-)
+from evaluation.plots import RocLine, plot_roc
+from evaluation.report import load_report, write_report
+from evaluation.report_tables import PAPER_TABLE1
+from evaluation.run_metrics import compute_run_metrics
+from evaluation.runs import RunFolder, face_schema, member_column, prediction_schema
 from pipeline.errors import ConfigError
 
 MEMBERS = ["a", "b"]

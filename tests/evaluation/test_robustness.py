@@ -16,14 +16,9 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from batch.attack import AttackRunSettings, AttackSettings, run_attack
 from batch.datasets import VideoRow
-from evaluation.robustness import (
-    amplify,
-    perturbation_norms,
-    psnr,
-    render_robustness_report,
-    ssim,
-    summarize_run,
-)
+from evaluation.attack_summary import summarize_run
+from evaluation.image_metrics import amplify, perturbation_norms, psnr, ssim
+from evaluation.robustness import render_robustness_report
 from pipeline.analyze import AnalysisSettings
 from pipeline.errors import BadInputError, MissingFileError
 from pipeline.faces import FaceSettings

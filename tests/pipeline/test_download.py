@@ -12,9 +12,6 @@ import yt_dlp
 
 from pipeline.download import (
     DownloadSettings,
-    _check_extracted,
-    _map_ytdlp_error,
-    _non_public_reason,
     check_host,
     fetch,
     is_platform_url,
@@ -22,6 +19,8 @@ from pipeline.download import (
     rewrite_share_link,
     ytdlp_options,
 )
+from pipeline.download.guard import _non_public_reason
+from pipeline.download.ytdlp import _check_extracted, _map_ytdlp_error
 from pipeline.errors import (
     DownloadError,
     DownloadTimeoutError,

@@ -214,7 +214,7 @@ def test_detections_are_square_enlarged_and_inside(
 def test_reduced_frames_map_boxes_back_to_full_resolution(
     shared_data: Path, detections: dict[str, list[Detection]]
 ) -> None:
-    from pipeline.cluster import box_iou
+    from pipeline.tracks import box_iou
 
     image = _rgb(shared_data / "faces/fr_two_people.jpg")  # 1126 x 661, reduced to 640 above
     full = FaceDetector(FaceSettings(max_side_px=None, min_face_size_px=20)).detect([image])[0]

@@ -25,8 +25,8 @@ import pytest
 from pipeline.analyze import AnalysisSettings, Analyzer
 from pipeline.download import DownloadSettings
 from pipeline.faces import FaceSettings
+from pipeline.model_access import LocalModels
 from pipeline.models import InferenceSettings
-from pipeline.stages import LocalModels
 from serve.config import (
     AuthSettings,
     DeploymentsConfig,
@@ -227,7 +227,7 @@ def serve_app(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iter
     """The whole service on local Ray + Serve (started once; ~1 min on 2 cores)."""
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ.pop("RAY_ADDRESS", None)
-    from dfd.serve_cmd import start_service, stop_service
+    from serve.local import start_service, stop_service
 
     home = tmp_path_factory.mktemp("serve-home")
     config = serve_config(home, model_dir).resolved()

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import redis
 
+from pipeline.model_access import LocalModels
 from pipeline.models.importers.fsfm import FSFM_SOURCE
-from pipeline.stages import LocalModels
 from serve.config import (
     AuthSettings,
     JobSettings,
@@ -28,7 +28,8 @@ from serve.config import (
     ServiceConfig,
 )
 from serve.jobs import JobWorker, cache_namespace
-from serve.jobstore import Job, JobStatus, Progress, SQLiteJobStore
+from serve.jobstore import Job, JobStatus, Progress
+from serve.jobstore.sqlite import SQLiteJobStore
 from serve.mever import fsfm_members, image_report, rescored, video_report
 from serve.problems import PROBLEM_BASE_URI
 from tests.serve.conftest import analysis_settings, local_service, wait_for, wait_job

@@ -1,6 +1,6 @@
 """``dfd keys``, ``dfd submit`` and the refusal of ``dfd serve`` to run open on a network.
 
-(``dfd serve``'s start-up code, :func:`dfd.serve_cmd.start_service`, is what the session's Serve
+(``dfd serve``'s start-up code, :func:`serve.local.start_service`, is what the session's Serve
 fixture runs.)
 """
 
@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dfd.cli import app
-from pipeline.stages import LocalModels
+from pipeline.model_access import LocalModels
 from serve.config import AuthSettings, ServiceConfig
 from tests.serve.conftest import analysis_settings, local_service
 from tests.support.httpserver import LoopbackServer, file_response, status_response

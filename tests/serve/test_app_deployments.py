@@ -11,9 +11,9 @@ import pytest
 from pipeline.errors import ModelError
 from pipeline.faces import FaceDetector, FaceSettings, crop
 from pipeline.media import load_image
+from pipeline.model_access import LocalModels
 from pipeline.models import Ensemble, InferenceSettings
 from pipeline.segment import SegmentSettings, build_extractor
-from pipeline.stages import LocalModels
 from serve.deployments import (
     DetectorServer,
     EmbedderServer,

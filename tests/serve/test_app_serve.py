@@ -22,7 +22,8 @@ import torch
 from pipeline.analyze import Analyzer
 from pipeline.artefacts import MemorySink
 from serve.app import model_deployment_names
-from serve.jobstore import Job, JobStatus, SQLiteJobStore
+from serve.jobstore import Job, JobStatus
+from serve.jobstore.sqlite import SQLiteJobStore
 from tests.serve.conftest import PLUGIN_ORIGIN, ServeApp, wait_for, wait_job
 from tests.support.httpserver import LoopbackServer, file_response
 

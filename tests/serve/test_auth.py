@@ -21,7 +21,8 @@ from serve.auth import (
     hash_key,
     parse_key,
 )
-from serve.jobstore import Job, SQLiteJobStore
+from serve.jobstore import Job
+from serve.jobstore.sqlite import SQLiteJobStore
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -25,12 +25,12 @@ from serve.jobstore import (
     JobStore,
     Progress,
     RecoveryPolicy,
-    RedisJobStore,
-    SQLiteJobStore,
     file_source_key,
     new_job_id,
     url_source_key,
 )
+from serve.jobstore.redis import RedisJobStore
+from serve.jobstore.sqlite import SQLiteJobStore
 from serve.problems import make_problem, problem_type
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

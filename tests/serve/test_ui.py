@@ -27,7 +27,7 @@ import pytest
 from fastapi import FastAPI
 
 from pipeline.gallery import score_colour
-from pipeline.stages import LocalModels
+from pipeline.model_access import LocalModels
 from serve.config import ServiceConfig
 from serve.problems import install_problem_handlers
 from serve.ui import UI_DIR, load_assets, mount_ui

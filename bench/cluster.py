@@ -10,7 +10,6 @@ counts and the split of the time between stages are what the benchmark tells.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections import defaultdict
@@ -19,13 +18,45 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
-from dfd.common import err_console, out_console
+from bench.harness import err_console, out_console, write_json
+from bench.http_load import serve_round
+from pipeline.errors import ConfigError
 
 #: Stages whose work runs on the model deployments (GPU on a GPU cluster). ``faces`` also holds
 #: the decoding of sampled frames (CPU), so the GPU side of the estimate is an upper bound.
 MODEL_STAGES = ("segmentation", "faces", "tracks", "scoring")
+
+
+class ClusterBenchSettings(BaseModel):
+    """What ``dfd bench cluster`` measures (its options; the defaults are the command line's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Node counts, one local cluster each.
+    nodes: list[int]
+    model_dir: Path | None = None
+    #: The image every job submits.
+    image: Path
+    #: The video whose stage seconds feed the estimate.
+    video: Path
+    backend: str
+    #: Logical CPUs each node declares.
+    cpus_per_node: float
+    #: Image jobs per node count, from ``concurrency`` clients.
+    jobs: int
+    concurrency: int
+    #: Jobs per runner replica.
+    runner_concurrency: int
+    #: Estimate: model stages this much faster on a GPU (assumed).
+    gpu_speedup: float
+    #: Estimate: cores per GPU node.
+    cpus_per_gpu_node: int
+    #: Estimate for these GPU counts.
+    estimate_gpus: list[int]
+    json_out: Path | None = None
 
 
 def _config(
@@ -143,71 +174,66 @@ def estimate(
     ]
 
 
-def bench_cluster(
-    node_counts: Sequence[int],
-    *,
-    model_dir: Path | None,
-    image: Path,
-    video: Path,
-    backend: str,
-    cpus_per_node: float,
-    jobs: int,
-    concurrency: int,
-    runner_concurrency: int,
-    gpu_speedup: float,
-    cpus_per_gpu_node: int,
-    estimate_gpus: Sequence[int],
-    json_out: Path | None,
-) -> dict[str, Any]:
-    from ray import serve
-
-    from dfd.bench import _serve_round
-    from dfd.localcluster import deploy, free_port, local_cluster
-    from pipeline.errors import ConfigError
-    from serve.app import build_app
-
-    d = _config(1, model_dir, backend, runner_concurrency, Path(tempfile.gettempdir())).deployments
+def bench_cluster(settings: ClusterBenchSettings) -> dict[str, Any]:
+    """One round of image jobs per node count (and the video on the smallest cluster); print
+    the tables and the estimate, return the figures."""
+    s = settings
+    tmp = Path(tempfile.gettempdir())
+    d = _config(1, s.model_dir, s.backend, s.runner_concurrency, tmp).deployments
     per_set = sum(
         getattr(d, name).num_cpus
         for name in ("runner", "detector", "embedder", "features", *["members"] * 5)
     )
-    if per_set + d.ingress.num_cpus > cpus_per_node:
+    if per_set + d.ingress.num_cpus > s.cpus_per_node:
         raise ConfigError(
             f"one set of replicas asks for {per_set + d.ingress.num_cpus:g} CPUs: give each node "
             f"at least that many (--cpus-per-node), or Serve waits forever to place them"
         )
-    data = image.read_bytes()
-    figures: dict[str, Any] = {"image": str(image), "rounds": []}
-    for n in node_counts:
-        home = Path(tempfile.mkdtemp(prefix=f"dfd-bench-cluster-{n}-"))
-        cfg = _config(n, model_dir, backend, runner_concurrency, home)
-        with err_console.status(f"{n} node(s): starting Ray and deploying the service"):
-            t0 = time.perf_counter()
-            with local_cluster(n, cpus_per_node=cpus_per_node) as _:
-                try:
-                    base = deploy(build_app(cfg), free_port())
-                    startup = time.perf_counter() - t0
-                    if n == min(node_counts):
-                        figures["video"] = _video_round(base, video)
-                    _serve_round(base, data, image.name, 2, 4, 0.05)  # warm-up
-                    row = _serve_round(base, data, image.name, concurrency, jobs, 0.1)
-                    row.update(
-                        nodes=n,
-                        startup_s=startup,
-                        stages_s=_stage_seconds(base, row.pop("job_ids")),
-                        placement=_placement(),
-                    )
-                finally:
-                    serve.shutdown()
+    data = s.image.read_bytes()
+    figures: dict[str, Any] = {"image": str(s.image), "rounds": []}
+    for n in s.nodes:
+        row = _cluster_round(s, n, data, figures)
         figures["rounds"].append(row)
         out_console.print(
             f"{n} node(s): {row['jobs_per_s']:.2f} jobs/s, p50 {row['p50_s']:.2f} s "
             f"({row['done']}/{row['jobs']} done)"
         )
-    _report(figures, gpu_speedup, cpus_per_gpu_node, estimate_gpus)
-    if json_out is not None:
-        json_out.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    _report(figures, s.gpu_speedup, s.cpus_per_gpu_node, s.estimate_gpus)
+    write_json(s.json_out, figures)
     return figures
+
+
+def _cluster_round(
+    s: ClusterBenchSettings, n: int, data: bytes, figures: dict[str, Any]
+) -> dict[str, Any]:
+    """``n`` nodes: start them, deploy, (on the smallest cluster) time the video into
+    ``figures["video"]``, then the image jobs; returns the round's row."""
+    from ray import serve
+
+    from bench.localcluster import deploy, free_port, local_cluster
+    from serve.app import build_app
+
+    home = Path(tempfile.mkdtemp(prefix=f"dfd-bench-cluster-{n}-"))
+    cfg = _config(n, s.model_dir, s.backend, s.runner_concurrency, home)
+    with err_console.status(f"{n} node(s): starting Ray and deploying the service"):
+        t0 = time.perf_counter()
+        with local_cluster(n, cpus_per_node=s.cpus_per_node) as _:
+            try:
+                base = deploy(build_app(cfg), free_port())
+                startup = time.perf_counter() - t0
+                if n == min(s.nodes):
+                    figures["video"] = _video_round(base, s.video)
+                serve_round(base, data, s.image.name, 2, 4, 0.05)  # warm-up
+                row = serve_round(base, data, s.image.name, s.concurrency, s.jobs, 0.1)
+                row.update(
+                    nodes=n,
+                    startup_s=startup,
+                    stages_s=_stage_seconds(base, row.pop("job_ids")),
+                    placement=_placement(),
+                )
+            finally:
+                serve.shutdown()
+    return row
 
 
 def _report(

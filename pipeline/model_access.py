@@ -15,11 +15,11 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.cluster import FaceEmbedder
 from pipeline.faces import Detection, FaceDetector, FaceSettings
 from pipeline.models import Ensemble, EnsemblePrediction, InferenceSettings, MemberInfo
 from pipeline.models.manifest import resolve_model_dir
 from pipeline.segment import RegionFeatureExtractor, SegmentSettings, build_extractor
+from pipeline.tracks import FaceEmbedder
 
 log = logging.getLogger(__name__)
 

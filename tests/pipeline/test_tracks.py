@@ -10,7 +10,9 @@ import pytest
 import torch
 from facenet_pytorch import InceptionResnetV1
 
-from pipeline.cluster import (
+from pipeline.errors import CheckpointError
+from pipeline.faces import FaceDetector, FaceSettings, select_frame_times
+from pipeline.tracks import (
     FaceEmbedder,
     TrackFace,
     Tracks,
@@ -18,8 +20,6 @@ from pipeline.cluster import (
     build_tracks,
     load_inception_resnet_v1,
 )
-from pipeline.errors import CheckpointError
-from pipeline.faces import FaceDetector, FaceSettings, select_frame_times
 from tests.support.videos import ClipSpec, read_frames_at, side_by_side, video_info
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """A Ray cluster of several nodes on this one machine, with the service deployed on it: what
-``dfd bench cluster`` and the cluster tests run (``ray.cluster_utils.Cluster``).
+``dfd bench cluster`` (:mod:`bench.cluster`) and the cluster tests run
+(``ray.cluster_utils.Cluster``). The service on a single local Ray node is
+:mod:`serve.local`.
 
 Each node is a real raylet with its own declared resources (a GPU may be declared on a machine
 without one: placement with GPU fractions is then exercised, the models run on the CPU). One
@@ -10,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pipeline.errors import ConfigError
+from serve.local import free_port, wait_ready
 
 __all__ = ["deploy", "free_port", "local_cluster"]
 
@@ -72,16 +74,8 @@ def deploy(app: Any, port: int, *, ready_timeout_s: float = 600.0) -> str:
     ``127.0.0.1:port``; returns the base URL once ``/readyz`` answers 200."""
     from ray import serve
 
-    from dfd.serve_cmd import wait_ready
     from serve.app import APP_NAME
 
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     serve.run(app, name=APP_NAME, route_prefix="/")
     return wait_ready(f"http://127.0.0.1:{port}", ready_timeout_s)
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

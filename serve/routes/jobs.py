@@ -1,0 +1,195 @@
+"""``/v1/jobs``: submit a URL or an upload, follow the job, read its result and artefacts,
+cancel or delete it (the routes are thin over :class:`~serve.jobs_service.JobsService`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serve.context import ApiContext, Client
+from serve.jobs_service import JobsService, truthy
+from serve.jobstore import Job, JobStatus, Progress
+from serve.problems import ProblemError
+from serve.routes.access import Caller
+
+__all__ = ["JobCreated", "JobRequest", "JobView", "job_url", "job_view", "jobs_router"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas (for /docs and for validation)
+
+
+class JobRequest(BaseModel):
+    """``POST /v1/jobs`` as JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=8192, description="http(s) link to an image or video")
+    force: bool = Field(False, description="analyse again even if a cached result exists")
+
+
+class JobCreated(BaseModel):
+    id: str
+    url: str = Field(description="absolute URL of the job")
+    status: JobStatus
+    cached: bool = Field(description="answered from the cache: no analysis runs")
+
+
+class JobView(BaseModel):
+    id: str
+    status: JobStatus
+    progress: Progress
+    error: dict[str, Any] | None = Field(None, description="problem+json when failed")
+    source_url: str | None = None
+    filename: str | None = None
+    cached: bool = False
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    url: str
+    result_url: str | None = None
+
+
+UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": JobRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "force": {"type": "boolean"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def job_url(ctx: ApiContext, request: Request, job_id: str) -> str:
+    """The job's absolute URL."""
+    return f"{ctx.base_url(request)}/v1/jobs/{job_id}"
+
+
+def job_view(ctx: ApiContext, request: Request, job: Job) -> JobView:
+    """What a client sees of ``job``, with its URL and, once done, its result's URL."""
+    url = job_url(ctx, request, job.id)
+    upload = job.source.startswith("upload:")
+    return JobView(
+        id=job.id,
+        status=job.status,
+        progress=job.progress,
+        error=job.error,
+        source_url=None if upload else job.source,
+        filename=job.options.get("filename"),
+        cached="cached_from" in job.options,
+        attempts=job.attempts,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        url=url,
+        result_url=f"{url}/result" if job.status == JobStatus.DONE else None,
+    )
+
+
+async def _submit(service: JobsService, request: Request, who: Client) -> tuple[Job, bool]:
+    """A job for the request's URL (JSON body) or upload (multipart), and whether the cache
+    answered it; ``force`` may also be a query parameter."""
+    force = truthy(request.query_params.get("force"))
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith("multipart/form-data"):
+        job, cached = await service.submit_upload(
+            request, owner=who.owner, force=force, options={}, api="v1"
+        )
+    elif ctype.startswith("application/json") or not ctype:
+        try:
+            body = JobRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            errors = [
+                {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+            ]
+            raise ProblemError.of(
+                "invalid-input", 'send JSON {"url": "https://..."}', errors=errors
+            ) from exc
+        job, cached = await service.submit_url(
+            body.url, owner=who.owner, force=force or body.force, options={}, api="v1"
+        )
+    else:
+        raise ProblemError.of(
+            "invalid-input",
+            'send JSON {"url": ...} or a multipart/form-data upload with a field "file"',
+        )
+    return job, cached
+
+
+def jobs_router(ctx: ApiContext, service: JobsService) -> APIRouter:
+    """The ``/v1/jobs`` routes over ``service``."""
+    router = APIRouter()
+
+    @router.post(
+        "/v1/jobs",
+        status_code=202,
+        response_model=JobCreated,
+        tags=["jobs"],
+        openapi_extra=UPLOAD_DOC,
+    )
+    async def create_job(request: Request, who: Caller) -> Response:
+        """Submit a URL (JSON) or a file (multipart, field ``file``): 202 with the job's id
+        and URL at once. A cached result answers with a job that is already done."""
+        job, cached = await _submit(service, request, who)
+        url = job_url(ctx, request, job.id)
+        created = JobCreated(id=job.id, url=url, status=job.status, cached=cached)
+        return JSONResponse(
+            created.model_dump(mode="json"), status_code=202, headers={"Location": url}
+        )
+
+    @router.get("/v1/jobs", response_model=list[JobView], tags=["jobs"])
+    def list_jobs(
+        request: Request, who: Caller, status: JobStatus | None = None, limit: int = 50
+    ) -> list[JobView]:
+        """The caller's jobs, newest first (all jobs when auth is off)."""
+        if not 1 <= limit <= 1000:
+            raise ProblemError.of("invalid-input", "limit must be in 1..1000")
+        jobs = ctx.store.list_jobs(status=status, owner=who.owner, limit=limit)
+        return [job_view(ctx, request, j) for j in jobs]
+
+    @router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+    def get_job(request: Request, job_id: str, _: Caller) -> JobView:
+        """Status (queued, running, done, failed, cancelled), progress and error."""
+        return job_view(ctx, request, service.get(job_id))
+
+    @router.get("/v1/jobs/{job_id}/result", tags=["jobs"])
+    def get_result(request: Request, job_id: str, _: Caller) -> dict[str, Any]:
+        """The pipeline's result (schema ``pipeline.result.Result``) with absolute artefact
+        URLs; 409 while the job is not done."""
+        job = service.get(job_id)
+        base = f"{job_url(ctx, request, job.id)}/artefacts/"
+        return service.resolved_result(job, lambda p: base + p)
+
+    @router.api_route(
+        "/v1/jobs/{job_id}/artefacts/{path:path}", methods=["GET", "HEAD"], tags=["jobs"]
+    )
+    def get_artefact(request: Request, job_id: str, path: str, _: Caller) -> Response:
+        """A gallery, crop, keyframe or the analysed medium (``source.<format>``), with
+        ``Range`` support."""
+        return service.artefact_response(request, service.get(job_id), path)
+
+    @router.post("/v1/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"])
+    def cancel_job(request: Request, job_id: str, who: Caller) -> JobView:
+        """Stop a queued or running job (409 if it already ended); it stays listed."""
+        return job_view(ctx, request, service.cancel(service.get(job_id), who))
+
+    @router.delete("/v1/jobs/{job_id}", status_code=204, tags=["jobs"])
+    def delete_job(job_id: str, who: Caller) -> Response:
+        """Cancel if needed, then delete the job, its result and its artefacts."""
+        service.delete(service.get(job_id), who)
+        return Response(status_code=204)
+
+    return router

@@ -1,0 +1,120 @@
+"""Receiving a multipart upload: the body counted as it arrives, the file spooled to disk,
+hashed (the cache's source key) and its format sniffed before a job is created."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from pipeline.media import IMAGE_FORMATS, VIDEO_FORMATS, sniff_format
+from serve.problems import ProblemError
+
+__all__ = ["Upload", "clean_filename", "receive_upload", "spool_upload"]
+
+#: Multipart framing around an upload may add this much to ``max_upload_bytes``.
+_MULTIPART_SLACK = 1 << 20
+_CHUNK = 1 << 20
+
+
+@dataclass
+class Upload:
+    """A received upload: the spooled file, its cleaned name, sniffed format, SHA-256 (hex),
+    size in bytes, and the multipart body's other (text) fields."""
+
+    path: Path
+    filename: str
+    media_format: str
+    sha256: str
+    size: int
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def clean_filename(name: str | None) -> str:
+    """The client's file name without folders or unprintable characters (at most 200)."""
+    base = (name or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if c.isprintable())[:200].strip()
+    return base or "upload"
+
+
+async def receive_upload(request: Request, *, limit: int, only_field: bool) -> Upload:
+    """The multipart body's ``file`` spooled to a temporary file (the caller deletes it), with
+    the body's other fields; ``limit`` in bytes. ``only_field``: refuse any other field."""
+    too_large = ProblemError.of("too-large", f"uploads are limited to {limit / 1024**2:.0f} MiB")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + _MULTIPART_SLACK:
+        raise too_large
+    received = 0
+
+    async def receive() -> Any:
+        # Count the body as it arrives: a client without Content-Length cannot fill the disk.
+        nonlocal received
+        message = await request.receive()
+        if message.get("type") == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit + _MULTIPART_SLACK:
+                raise too_large
+        return message
+
+    form = await Request(request.scope, receive=receive).form(max_files=1, max_fields=8)
+    try:
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        part = form.get("file")
+        if not isinstance(part, UploadFile):
+            raise ProblemError.of(
+                "invalid-input", "the multipart body needs a file in the field 'file'"
+            )
+        if only_field and (set(form.keys()) - {"file"}):
+            raise ProblemError.of("invalid-input", "the multipart body may only hold 'file'")
+        return await run_in_threadpool(spool_upload, part, fields, limit)
+    finally:
+        await form.close()
+
+
+def spool_upload(part: UploadFile, fields: dict[str, str], limit: int) -> Upload:
+    """``part`` copied to a temporary file while hashing it and sniffing its format; refuses
+    empty, oversized (``limit`` bytes) and unsupported media."""
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    tmp = tempfile.NamedTemporaryFile(prefix="dfd-upload-", delete=False)  # noqa: SIM115
+    try:
+        with tmp:
+            part.file.seek(0)
+            while chunk := part.file.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise ProblemError.of(
+                        "too-large", f"uploads are limited to {limit / 1024**2:.0f} MiB"
+                    )
+                if len(head) < 512:
+                    head += chunk[: 512 - len(head)]
+                digest.update(chunk)
+                tmp.write(chunk)
+        if size == 0:
+            raise ProblemError.of("empty-media", "the uploaded file is empty")
+        media_format = sniff_format(head)
+        if media_format not in IMAGE_FORMATS and media_format not in VIDEO_FORMATS:
+            what = f"'{media_format}'" if media_format else "an unknown format"
+            raise ProblemError.of(
+                "unsupported-media",
+                f"the upload is {what}; send an image (JPEG, PNG, WebP, BMP, GIF) or a video "
+                "(MP4, MOV, WebM, MKV, AVI, ...)",
+            )
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
+    return Upload(
+        Path(tmp.name),
+        clean_filename(part.filename),
+        media_format,
+        digest.hexdigest(),
+        size,
+        fields,
+    )
