@@ -21,8 +21,8 @@ def batch_analysis_settings() -> AnalysisSettings:
     return AnalysisSettings(galleries=False)
 
 
-class EvaluationConfig(BaseModel):
-    """Everything an evaluation run needs; stored as ``run.json`` inside the run folder."""
+class DatasetRunConfig(BaseModel):
+    """What every run over a dataset names first: the rows it reads and the folder it writes."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -30,12 +30,18 @@ class EvaluationConfig(BaseModel):
     dataset: DatasetName
     #: The dataset's folder in its official layout (for ``csv``: the manifest file).
     root: Path
-    #: The run folder: ``run.json``, ``predictions/`` and ``faces/`` Parquet parts.
+    #: The output folder (an evaluation run folder, a faces folder).
     out: Path
-    #: Keep only rows of this split; None = every row the reader finds.
+    #: Keep only rows of this split (the reader's split); None = every row the reader finds.
     split: str | None = None
     #: Reader options, e.g. ``{"compression": "c40"}`` for FF++.
     reader_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluationConfig(DatasetRunConfig):
+    """Everything an evaluation run needs; stored as ``run.json`` inside the run folder
+    (``out``: ``run.json``, ``predictions/`` and ``faces/`` Parquet parts)."""
+
     #: The method's settings (paper numbers); model directory, backend and device inside.
     analysis: AnalysisSettings = Field(default_factory=batch_analysis_settings)
     #: Model actors in the pool (each loads every model once).

@@ -37,6 +37,7 @@ import pyarrow as pa
 from batch.datasets import VideoRow, read_dataset
 from batch.execution import (
     actor_pool_batches,
+    record_session,
     resolve_devices,
     row_fields,
     worker_lost_fields,
@@ -228,16 +229,7 @@ def run_evaluation(
             ray.init()
         _execute(config, folder, todo, summary, started, progress)
     summary.elapsed_s = time.perf_counter() - started
-    session.update(
-        finished_at=datetime.now(UTC).isoformat(),
-        skipped=summary.skipped,
-        processed=summary.processed,
-        errors=summary.errors,
-        no_face=summary.no_face,
-        elapsed_s=round(summary.elapsed_s, 2),
-    )
-    info["sessions"] = [*info.get("sessions", []), session]
-    folder.write_info(info)
+    record_session(folder, info, session, summary)
     return summary
 
 

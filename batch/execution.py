@@ -12,10 +12,11 @@ import os
 import socket
 import warnings
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from batch.datasets import VideoRow
-from evaluation.runs import WORKER_LOST
+from evaluation.runs import WORKER_LOST, PartsFolder
 from pipeline.errors import DfdError
 
 if TYPE_CHECKING:
@@ -157,3 +158,18 @@ def resolve_devices(settings: AnalysisSettings) -> AnalysisSettings:
     if device == "cuda" and faces.device == "cpu":
         faces = faces.model_copy(update={"device": "cuda"})
     return settings.model_copy(update={"inference": inference, "faces": faces})
+
+
+def record_session(
+    folder: PartsFolder, info: dict[str, Any], session: dict[str, Any], summary: Any
+) -> None:
+    """Append one session to the folder's JSON description: when it finished and what it did
+    (the fields of ``summary``, a dataclass of counts and ``elapsed_s``, but its folder and its
+    total of rows)."""
+    counts = {
+        k: v for k, v in dataclasses.asdict(summary).items() if k not in ("run_dir", "out", "total")
+    }
+    counts["elapsed_s"] = round(counts["elapsed_s"], 2)
+    session.update(finished_at=datetime.now(UTC).isoformat(), **counts)
+    info["sessions"] = [*info.get("sessions", []), session]
+    folder.write_info(info)

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from batch.datasets import VideoRow, read_dataset
-from batch.execution import actor_pool_batches, row_fields, worker_lost_fields
+from batch.execution import actor_pool_batches, record_session, row_fields, worker_lost_fields
 from batch.faces_extractor import ExtractorActor, FaceExtractionConfig, assign_split, fingerprint
 from batch.faces_folder import ERROR, FACE, FACE_SCHEMA, FACES_FILE, NO_FACE, PARTS_DIR, FacesFolder
 from evaluation.runs import concat_tables
@@ -142,17 +142,7 @@ def extract_faces(
     if todo:
         _execute(config, folder, todo, summary, started, local, progress)
     summary.elapsed_s = time.perf_counter() - started
-    session.update(
-        finished_at=datetime.now(UTC).isoformat(),
-        skipped=summary.skipped,
-        processed=summary.processed,
-        errors=summary.errors,
-        no_face=summary.no_face,
-        faces=summary.faces,
-        elapsed_s=round(summary.elapsed_s, 2),
-    )
-    info["sessions"] = [*info.get("sessions", []), session]
-    folder.write_info(info)
+    record_session(folder, info, session, summary)
     return summary
 
 

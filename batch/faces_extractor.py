@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from batch.datasets import DatasetName, VideoRow, iter_face_sequence
+from batch.config import DatasetRunConfig
+from batch.datasets import VideoRow, iter_face_sequence
 from batch.execution import batched, error_fields, row_fields, row_from_item, worker_id
 from batch.faces_folder import ERROR, FACE, FACE_SCHEMA, NO_FACE, encode_crop
 from pipeline.errors import CorruptMediaError, DfdError
@@ -47,21 +48,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class FaceExtractionConfig(BaseModel):
-    """Everything a face extraction needs; stored in ``faces.json``."""
+class FaceExtractionConfig(DatasetRunConfig):
+    """Everything a face extraction needs; stored in ``faces.json`` (``out``: ``faces.json`` and
+    ``parts/``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    #: Which reader turns ``root`` into rows (see :func:`batch.datasets.read_dataset`).
-    dataset: DatasetName
-    #: The dataset's folder in its official layout (for ``csv``: the manifest file).
-    root: Path
-    #: The output folder: ``faces.json`` and ``parts/``.
-    out: Path
-    #: Keep only rows of this split (the reader's split); None = every row.
-    split: str | None = None
-    #: Reader options, e.g. ``{"compression": "c40"}`` for FF++.
-    reader_options: dict[str, Any] = Field(default_factory=dict)
     #: Frames sampled per video, spread over its whole length; crops per face sequence.
     max_frames: int = Field(32, ge=1)
     #: Fraction of ``"unspecified"``-split videos assigned to ``"val"`` (by hash of video_id).

@@ -15,23 +15,21 @@ rename); when a video appears in several parts, the newest part wins.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from evaluation.runs import (
+    PartsFolder,
     concat_tables,
     newest_rows,
     part_name,
     read_parts,
-    write_json,
     write_table,
 )
-from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,29 +88,16 @@ def decode_crop(png: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-class FacesFolder:
+class FacesFolder(PartsFolder):
     """A faces folder on disk: ``faces.json`` and ``parts/``."""
 
+    INFO_FILE = FACES_FILE
+    WHAT = "a faces folder"
+
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        super().__init__(root)
         self.parts_dir = self.root / PARTS_DIR
         self._seq = 0
-
-    @property
-    def info_file(self) -> Path:
-        return self.root / FACES_FILE
-
-    def exists(self) -> bool:
-        return self.info_file.is_file()
-
-    def info(self) -> dict[str, Any]:
-        if not self.exists():
-            raise ConfigError(f"{self.root} is not a faces folder (no {FACES_FILE})")
-        info: dict[str, Any] = json.loads(self.info_file.read_text(encoding="utf-8"))
-        return info
-
-    def write_info(self, info: dict[str, Any]) -> None:
-        write_json(self.info_file, info)
 
     def clean(self) -> None:
         """Remove temporary files of a session that stopped mid-write."""

@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -159,31 +159,46 @@ def write_json(path: Path, info: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-class RunFolder:
-    """A run folder on disk: its ``run.json``, prediction parts and face parts."""
+class PartsFolder:
+    """A folder described by one JSON file and holding Parquet parts: an evaluation run here,
+    a faces folder in ``batch``."""
+
+    #: The folder's JSON description, and what the folder is called in errors.
+    INFO_FILE: ClassVar[str]
+    WHAT: ClassVar[str]
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.predictions_dir = self.root / PREDICTIONS_DIR
-        self.faces_dir = self.root / FACES_DIR
-        self._seq = itertools.count()
 
     @property
-    def run_file(self) -> Path:
-        return self.root / RUN_FILE
+    def info_file(self) -> Path:
+        return self.root / self.INFO_FILE
 
     def exists(self) -> bool:
-        return self.run_file.is_file()
+        return self.info_file.is_file()
 
     def info(self) -> dict[str, Any]:
-        """The parsed ``run.json``."""
+        """The parsed JSON description."""
         if not self.exists():
-            raise ConfigError(f"{self.root} is not an evaluation run folder (no {RUN_FILE})")
-        info: dict[str, Any] = json.loads(self.run_file.read_text(encoding="utf-8"))
+            raise ConfigError(f"{self.root} is not {self.WHAT} (no {self.INFO_FILE})")
+        info: dict[str, Any] = json.loads(self.info_file.read_text(encoding="utf-8"))
         return info
 
     def write_info(self, info: dict[str, Any]) -> None:
-        write_json(self.run_file, info)
+        write_json(self.info_file, info)
+
+
+class RunFolder(PartsFolder):
+    """A run folder on disk: its ``run.json``, prediction parts and face parts."""
+
+    INFO_FILE = RUN_FILE
+    WHAT = "an evaluation run folder"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.predictions_dir = self.root / PREDICTIONS_DIR
+        self.faces_dir = self.root / FACES_DIR
+        self._seq = itertools.count()
 
     def clean(self) -> None:
         """Remove leftovers of a session that stopped mid-write: temporary files, and face parts

@@ -34,28 +34,6 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from pipeline.errors import DfdError, InvalidUrlError
 from serve.problems import Problem, make_problem
 
-__all__ = [
-    "JOB_ID_PATTERN",
-    "TERMINAL_STATUSES",
-    "UNSET",
-    "CacheKey",
-    "Job",
-    "JobConflictError",
-    "JobKind",
-    "JobNotFoundError",
-    "JobStatus",
-    "JobStore",
-    "Progress",
-    "RecoveryPolicy",
-    "RecoveryReport",
-    "apply_update",
-    "check_job_id",
-    "check_list_limit",
-    "file_source_key",
-    "new_job_id",
-    "url_source_key",
-]
-
 _log = logging.getLogger(__name__)
 
 #: Job ids appear in URLs and Redis keys: URL-safe characters only.
