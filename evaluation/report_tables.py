@@ -8,7 +8,7 @@ Each function takes :class:`~evaluation.run_metrics.RunMetrics` and returns a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from evaluation.group_metrics import ALL, GroupMetrics, MetricReport
 from evaluation.render import DASH, Table, dataset_name, dataset_order, number, pct
@@ -76,6 +76,25 @@ def _row_of(report: MetricReport | None, dataset: str, manipulation: str) -> Gro
         return None
 
 
+def _ba_auc(g: GroupMetrics | None) -> list[str]:
+    return [pct(g.balanced_accuracy if g else None), _auc(g.auc if g else None)]
+
+
+def _paper_row(
+    label: str, figures: Mapping[str, tuple[float, float]], keys: Sequence[str]
+) -> list[str]:
+    """A reference row of figures printed in the paper, ``key -> (BA, AUC)``."""
+    cells = [label]
+    for key in keys:
+        ba, auc = figures.get(key, (None, None))
+        cells += [pct(ba), _auc(auc)]
+    return cells
+
+
+def _where(at_threshold: bool) -> str:
+    return "at the validation-chosen threshold" if at_threshold else "at threshold 0.5"
+
+
 def table1(runs: Sequence[RunMetrics], *, at_threshold: bool = False) -> Table:
     """Paper Table 1 layout, runs side by side: one row per run, BA and AUC per dataset, and
     the paper's figures as reference rows."""
@@ -90,20 +109,13 @@ def table1(runs: Sequence[RunMetrics], *, at_threshold: bool = False) -> Table:
         report = run.video_at_threshold if at_threshold else run.video
         cells = [run.name]
         for d in datasets:
-            g = _row_of(report, d, ALL)
-            cells += [pct(g.balanced_accuracy if g else None), _auc(g.auc if g else None)]
+            cells += _ba_auc(_row_of(report, d, ALL))
         rows.append(cells)
-    for ref, figures in PAPER_TABLE1.items():
-        cells = [ref]
-        for d in datasets:
-            ba, auc = figures.get(d, (None, None))
-            cells += [pct(ba), _auc(auc)]
-        rows.append(cells)
-    where = "at the validation-chosen threshold" if at_threshold else "at threshold 0.5"
+    rows += [_paper_row(ref, figures, datasets) for ref, figures in PAPER_TABLE1.items()]
     return Table(
         headers,
         rows,
-        caption=f"Table 1: BA ({where}) and AUC per dataset, video level",
+        caption=f"Table 1: BA ({_where(at_threshold)}) and AUC per dataset, video level",
         notes=[
             "paper rows: figures printed in the paper (its own models and data), for reference; "
             "the paper does not state its decision threshold",
@@ -133,19 +145,13 @@ def table2(runs: Sequence[RunMetrics], *, at_threshold: bool = False) -> Table |
         report = run.video_at_threshold if at_threshold else run.video
         cells = [run.name]
         for m in manipulations:
-            g = _row_of(report, "ffpp", m)
-            cells += [pct(g.balanced_accuracy if g else None), _auc(g.auc if g else None)]
+            cells += _ba_auc(_row_of(report, "ffpp", m))
         rows.append(cells)
-    cells = ["paper: MeVer (Table 2)"]
-    for m in manipulations:
-        ba, auc = PAPER_TABLE2.get(m, (None, None))
-        cells += [pct(ba), _auc(auc)]
-    rows.append(cells)
-    where = "at the validation-chosen threshold" if at_threshold else "at threshold 0.5"
+    rows.append(_paper_row("paper: MeVer (Table 2)", PAPER_TABLE2, manipulations))
     return Table(
         headers,
         rows,
-        caption=f"Table 2: BA ({where}) and AUC per FF++ manipulation, video level",
+        caption=f"Table 2: BA ({_where(at_threshold)}) and AUC per FF++ manipulation, video level",
     )
 
 

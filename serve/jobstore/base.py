@@ -218,8 +218,34 @@ _JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 
 def check_job_id(job_id: str) -> None:
     # Ids arrive from URL paths: refuse anything that is not an id before it reaches a query/key.
-    if not _JOB_ID_RE.fullmatch(job_id):
+    if not is_job_id(job_id):
         raise JobNotFoundError(f"no job with id {job_id[:80]!r}")
+
+
+def is_job_id(job_id: str) -> bool:
+    """Whether ``job_id`` can name a job (lookups that answer "absent" check this first)."""
+    return _JOB_ID_RE.fullmatch(job_id) is not None
+
+
+def not_found(job_id: str) -> JobNotFoundError:
+    return JobNotFoundError(f"no job with id {job_id}")
+
+
+def already_exists(job_id: str) -> JobConflictError:
+    return JobConflictError(f"a job with id {job_id} already exists")
+
+
+def claimed(job: Job, now: datetime) -> Job:
+    """A queued ``job`` taken by a runner: running, progress reset, error and result cleared."""
+    return apply_update(
+        job,
+        now,
+        status=JobStatus.RUNNING,
+        progress=Progress(stage="starting"),
+        error=UNSET,
+        result_key=UNSET,
+        expect=None,
+    )
 
 
 def apply_update(

@@ -10,19 +10,8 @@ from typing import Any
 
 import redis
 
-from serve.jobstore.base import (
-    UNSET,
-    CacheKey,
-    Job,
-    JobConflictError,
-    JobNotFoundError,
-    JobStatus,
-    JobStore,
-    Progress,
-    apply_update,
-    check_job_id,
-    check_list_limit,
-)
+from serve.jobstore import base
+from serve.jobstore.base import CacheKey, Job, JobConflictError, JobStatus, JobStore
 
 __all__ = ["RedisJobStore"]
 
@@ -84,7 +73,7 @@ class RedisJobStore(JobStore):
                 try:
                     pipe.watch(key)
                     if pipe.exists(key):
-                        raise JobConflictError(f"a job with id {job.id} already exists")
+                        raise base.already_exists(job.id)
                     pipe.multi()
                     pipe.set(key, job.model_dump_json())
                     pipe.zadd(self._all(), {job.id: score})
@@ -98,10 +87,10 @@ class RedisJobStore(JobStore):
         raise AssertionError("unreachable")
 
     def get(self, job_id: str) -> Job:
-        check_job_id(job_id)
+        base.check_job_id(job_id)
         raw = self._r.get(self._job(job_id))
         if raw is None:
-            raise JobNotFoundError(f"no job with id {job_id}")
+            raise base.not_found(job_id)
         return Job.model_validate_json(raw)
 
     def _write_job(self, pipe: Any, old: Job, new: Job, score: float | None) -> None:
@@ -113,7 +102,7 @@ class RedisJobStore(JobStore):
             pipe.zadd(self._by_status(new.status), {new.id: score or 0})
 
     def _mutate(self, job_id: str, fn: Callable[[Job], Job]) -> Job:
-        check_job_id(job_id)
+        base.check_job_id(job_id)
         key = self._job(job_id)
         with self._r.pipeline() as pipe:
             for _ in self._retrying():
@@ -121,7 +110,7 @@ class RedisJobStore(JobStore):
                     pipe.watch(key)
                     raw = pipe.get(key)
                     if raw is None:
-                        raise JobNotFoundError(f"no job with id {job_id}")
+                        raise base.not_found(job_id)
                     old = Job.model_validate_json(raw)
                     new = fn(old)
                     score = pipe.zscore(self._all(), job_id)
@@ -136,7 +125,7 @@ class RedisJobStore(JobStore):
     def list_jobs(
         self, *, status: JobStatus | str | None = None, owner: str | None = None, limit: int = 50
     ) -> list[Job]:
-        limit = check_list_limit(limit)
+        limit = base.check_list_limit(limit)
         want = JobStatus(status) if status is not None else None
         if owner is not None:
             index = self._by_owner(owner)
@@ -167,9 +156,7 @@ class RedisJobStore(JobStore):
         return int(self._r.zcard(index))
 
     def delete(self, job_id: str) -> bool:
-        try:
-            check_job_id(job_id)
-        except JobNotFoundError:
+        if not base.is_job_id(job_id):
             return False
         key = self._job(job_id)
         with self._r.pipeline() as pipe:
@@ -223,15 +210,7 @@ class RedisJobStore(JobStore):
                         pipe.execute()
                         continue
                     score = pipe.zscore(self._all(), job_id)
-                    new = apply_update(
-                        old,
-                        self._now(),
-                        status=JobStatus.RUNNING,
-                        progress=Progress(stage="starting"),
-                        error=UNSET,
-                        result_key=UNSET,
-                        expect=None,
-                    )
+                    new = base.claimed(old, self._now())
                     pipe.multi()
                     self._write_job(pipe, old, new, score)
                     pipe.execute()
@@ -244,14 +223,14 @@ class RedisJobStore(JobStore):
         return [str(i) for i in self._r.zrange(self._by_status(JobStatus.RUNNING), 0, -1)]
 
     def put_result(self, job_id: str, result_json: str) -> None:
-        check_job_id(job_id)
+        base.check_job_id(job_id)
         key = self._job(job_id)
         with self._r.pipeline() as pipe:
             for _ in self._retrying():
                 try:
                     pipe.watch(key)
                     if not pipe.exists(key):
-                        raise JobNotFoundError(f"no job with id {job_id}")
+                        raise base.not_found(job_id)
                     pipe.multi()
                     pipe.set(self._result(job_id), result_json)
                     pipe.execute()
@@ -260,9 +239,7 @@ class RedisJobStore(JobStore):
                     continue
 
     def get_result(self, job_id: str) -> str | None:
-        try:
-            check_job_id(job_id)
-        except JobNotFoundError:
+        if not base.is_job_id(job_id):
             return None
         raw = self._r.get(self._result(job_id))
         return None if raw is None else str(raw)

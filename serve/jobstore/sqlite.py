@@ -13,19 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from serve.jobstore.base import (
-    UNSET,
-    CacheKey,
-    Job,
-    JobConflictError,
-    JobNotFoundError,
-    JobStatus,
-    JobStore,
-    Progress,
-    apply_update,
-    check_job_id,
-    check_list_limit,
-)
+from serve.jobstore import base
+from serve.jobstore.base import CacheKey, Job, JobStatus, JobStore
 
 __all__ = ["SQLiteJobStore", "sqlite_connect", "sqlite_enable_wal"]
 
@@ -122,23 +111,23 @@ class SQLiteJobStore(JobStore):
                     (job.id, str(job.status), job.owner, job.model_dump_json()),
                 )
             except sqlite3.IntegrityError as exc:
-                raise JobConflictError(f"a job with id {job.id} already exists") from exc
+                raise base.already_exists(job.id) from exc
         return job
 
     def get(self, job_id: str) -> Job:
-        check_job_id(job_id)
+        base.check_job_id(job_id)
         with self._read() as conn:
             row = conn.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise JobNotFoundError(f"no job with id {job_id}")
+            raise base.not_found(job_id)
         return Job.model_validate_json(row[0])
 
     def _mutate(self, job_id: str, fn: Callable[[Job], Job]) -> Job:
-        check_job_id(job_id)
+        base.check_job_id(job_id)
         with self._write() as conn:
             row = conn.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                raise JobNotFoundError(f"no job with id {job_id}")
+                raise base.not_found(job_id)
             job = fn(Job.model_validate_json(row[0]))
             conn.execute(
                 "UPDATE jobs SET status = ?, owner = ?, data = ? WHERE id = ?",
@@ -161,7 +150,7 @@ class SQLiteJobStore(JobStore):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
         with self._read() as conn:
-            rows = conn.execute(sql, (*args, check_list_limit(limit))).fetchall()
+            rows = conn.execute(sql, (*args, base.check_list_limit(limit))).fetchall()
         return [Job.model_validate_json(r[0]) for r in rows]
 
     def count(self, status: JobStatus | str | None = None) -> int:
@@ -175,9 +164,7 @@ class SQLiteJobStore(JobStore):
         return int(row[0])
 
     def delete(self, job_id: str) -> bool:
-        try:
-            check_job_id(job_id)
-        except JobNotFoundError:
+        if not base.is_job_id(job_id):
             return False
         with self._write() as conn:
             gone = conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
@@ -193,15 +180,7 @@ class SQLiteJobStore(JobStore):
             ).fetchone()
             if row is None:
                 return None
-            job = apply_update(
-                Job.model_validate_json(row[0]),
-                now,
-                status=JobStatus.RUNNING,
-                progress=Progress(stage="starting"),
-                error=UNSET,
-                result_key=UNSET,
-                expect=None,
-            )
+            job = base.claimed(Job.model_validate_json(row[0]), now)
             conn.execute(
                 "UPDATE jobs SET status = ?, data = ? WHERE id = ?",
                 (str(job.status), job.model_dump_json(), job.id),
@@ -216,19 +195,17 @@ class SQLiteJobStore(JobStore):
         return [r[0] for r in rows]
 
     def put_result(self, job_id: str, result_json: str) -> None:
-        check_job_id(job_id)
+        base.check_job_id(job_id)
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
-                raise JobNotFoundError(f"no job with id {job_id}")
+                raise base.not_found(job_id)
             conn.execute(
                 "INSERT OR REPLACE INTO job_results (job_id, data) VALUES (?, ?)",
                 (job_id, result_json),
             )
 
     def get_result(self, job_id: str) -> str | None:
-        try:
-            check_job_id(job_id)
-        except JobNotFoundError:
+        if not base.is_job_id(job_id):
             return None
         with self._read() as conn:
             row = conn.execute(
