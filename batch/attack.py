@@ -24,8 +24,9 @@ Beyond the paper, each by option and each recorded in the run's ``attack.json``:
   it): clean accuracy lost versus attacked accuracy regained.
 
 Runs are Ray Data jobs (``map_batches`` over an actor pool, one row per call) writing Parquet part
-files as results stream in; a rerun skips rows already written (``retry_errors`` retries failed
-ones). Per-row failures become error rows, never a neutral score.
+files as results stream in (every ``flush_rows`` rows or ``flush_s`` seconds); a rerun skips rows
+already written (``retry_errors`` retries failed ones); ``attackers`` sizes the actor pool.
+Per-row failures become error rows, never a neutral score.
 
 The run folder's layout, the attack's settings and the reading rules belong to
 :mod:`evaluation.attack_runs` (the robustness report reads runs from there); the helpers every
@@ -49,15 +50,10 @@ import numpy as np
 from batch.attack_config import AttackRunSettings
 from batch.attack_faces import FaceAttacker
 from batch.attack_video import AttackActor, row_columns
+from batch.config import StageSettings
 from batch.datasets import VideoRow
 from batch.execution import actor_pool_batches, worker_lost_fields
-from evaluation.attack_runs import (
-    AttackSettings,
-    PartWriter,
-    check_or_write_config,
-    consolidate,
-    read_scores,
-)
+from evaluation.attack_runs import AttackFolder, AttackSettings, check_or_write_config
 from pipeline.errors import ConfigError
 from pipeline.models.ensemble import expected_infos, pin_ensemble
 from pipeline.version import __version__
@@ -111,14 +107,49 @@ def _pick_examples(rows: Sequence[VideoRow], n: int) -> set[str]:
     return set(fakes[:n_fake] + reals[:n_real])
 
 
-def _todo(rows: Sequence[VideoRow], out: Path, retry_errors: bool) -> tuple[list[VideoRow], int]:
-    done = read_scores(out)
-    if done.empty:
-        return list(rows), 0
-    finished = done if not retry_errors else done[done["error"].isna()]
-    skip = set(finished["video_id"])
+def _todo(
+    rows: Sequence[VideoRow], folder: AttackFolder, retry_errors: bool
+) -> tuple[list[VideoRow], int]:
+    """The rows still to attack, and how many are skipped (written before; error rows too,
+    unless ``retry_errors``)."""
+    skip = folder.finished_ids(retry_errors=retry_errors)
     todo = [r for r in rows if r.video_id not in skip]
     return todo, len(rows) - len(todo)
+
+
+class _RowWriter:
+    """Buffers result rows and writes them as parts of ``folder``: every ``flush_rows`` rows or
+    after ``flush_s`` seconds (checked as rows arrive), and on :meth:`flush`. Example PNGs are
+    written as their row arrives (:meth:`AttackFolder.write_example`), not buffered."""
+
+    def __init__(self, folder: AttackFolder, flush_rows: int, flush_s: float = math.inf) -> None:
+        self.folder = folder
+        self.flush_rows = flush_rows
+        self.flush_s = flush_s
+        self.last_flush = time.perf_counter()
+        self.ids: set[str] = set()
+        self.buffer: list[dict[str, Any]] = []
+        self.written = 0
+        self.errors = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        record = self.folder.write_example(record)
+        self.errors += record.get("error") is not None
+        self.ids.add(str(record["video_id"]))
+        self.buffer.append(record)
+        if (
+            len(self.buffer) >= self.flush_rows
+            or time.perf_counter() - self.last_flush >= self.flush_s
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.perf_counter()
+        if not self.buffer:
+            return
+        self.folder.write_part(self.buffer)
+        self.written += len(self.buffer)
+        self.buffer = []
 
 
 def run_attack(
@@ -154,14 +185,17 @@ def run_attack(
     )
     out = Path(out)
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    todo, skipped = _todo(rows, out, settings.retry_errors)
+    folder = AttackFolder(out)
+    models = _model_records(settings)
+    check_or_write_config(out, _config_record(settings, dataset, str(root), models))
+    folder.clean()
+    todo, skipped = _todo(rows, folder, settings.retry_errors)
     examples = _pick_examples(rows, settings.examples)
     items = [
         {**dataclasses.asdict(r), "dataset": dataset, "example": r.video_id in examples}
         for r in todo
     ]
-    writer = PartWriter(out, settings.flush_every, settings.flush_s)
+    writer = _RowWriter(folder, settings.flush_rows, settings.flush_s)
     report = progress or (lambda done, total: None)
     settings_json = settings.model_dump_json()
 
@@ -174,8 +208,6 @@ def run_attack(
                 report(skipped + done, len(rows))
         writer.flush()
 
-    models = _model_records(settings)
-    check_or_write_config(out, _config_record(settings, dataset, str(root), models))
     if items and not use_ray:
         actor = AttackActor(settings_json)
         consume(actor(_frame(item)) for item in items)
@@ -185,7 +217,7 @@ def run_attack(
             if row.video_id not in writer.ids:
                 writer.add(_lost_row(row, dataset))
         writer.flush()
-    scores = consolidate(out)
+    scores = folder.consolidate()
     return AttackRunOutcome(
         out=out,
         scores=scores,
@@ -242,13 +274,26 @@ def _ray_stream(
     items: list[dict[str, Any]], settings: AttackRunSettings, settings_json: str
 ) -> Iterator[Any]:
     """Result frames as the actor pool produces them (order not kept; rows are keyed by id)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    pool = settings.attackers
     yield from actor_pool_batches(
         items,
         AttackActor,
         {"settings_json": settings_json},
         batch_format="pandas",
-        actors=settings.actors,
-        num_cpus=settings.num_cpus_per_actor,
-        num_gpus=settings.num_gpus_per_actor or None,
+        actors=pool.actors,
+        num_cpus=pool.num_cpus,
+        num_gpus=_gpu_share(pool, float(ray.cluster_resources().get("GPU", 0.0))) or None,
         max_task_retries=settings.max_task_retries,
     )
+
+
+def _gpu_share(pool: StageSettings, cluster_gpus: float) -> float:
+    """Each attack actor's GPU share: the configured one, or (``num_gpus`` None) an even share of
+    the cluster's GPUs among the actors, at most one each (0 without GPUs)."""
+    if pool.num_gpus is not None:
+        return pool.num_gpus
+    return min(1.0, cluster_gpus / pool.actors) if cluster_gpus else 0.0

@@ -222,7 +222,10 @@ class VideoAttacker:
     """Attack one dataset row at a time with one set of loaded models (plain Python, no Ray)."""
 
     def __init__(self, models: LocalModels, settings: AttackRunSettings) -> None:
+        if models.ensemble is None:
+            raise ValueError("an attack needs the ensemble loaded in this process")
         self.models = models
+        self.ensemble = models.ensemble
         self.settings = settings
         self.analysis = settings.analysis.model_copy(update={"galleries": False})
         self.attacker = FaceAttacker.for_ensemble(models.ensemble, settings.attack)
@@ -235,7 +238,7 @@ class VideoAttacker:
 
     @property
     def member_names(self) -> tuple[str, ...]:
-        return self.models.ensemble.member_names
+        return self.ensemble.member_names
 
     def columns(self) -> list[str]:
         """Every output column, in order (error rows have them all, as None)."""
@@ -296,7 +299,7 @@ class VideoAttacker:
         clean_members = cat([r.clean.member_probabilities for r in records])
         attacked_members = cat([r.out.attacked for r in records])
         clean = cat([r.clean.probability for r in records])
-        weights = self.models.ensemble.weights
+        weights = self.ensemble.weights
         attacked = combine(attacked_members, weights)
         threshold = self.settings.attack.threshold
         fake_clean = clean >= threshold

@@ -1,8 +1,10 @@
-"""The settings of one evaluation run, validated once at the boundary (CLI, API or a test).
+"""The settings of the runs over a dataset, validated once at the boundary (CLI, API or a test).
 
-Defaults run on a laptop: two model actors sharing the CPUs, no galleries, per-face output on.
-On a GPU cluster raise ``actors`` and let ``actor_num_gpus`` default to an even share of the GPUs
-(several actors per GPU: the models of paper 3.2 are small next to a GPU's memory).
+Defaults run on a laptop: one actor per stage sharing the CPUs, no galleries, per-face output
+on. On a GPU cluster raise the model stages' ``actors`` (``detect``, ``score``) and let their
+``num_gpus`` default to an even share of the GPUs (several actors per GPU: the models of paper
+3.2 are small next to a GPU's memory), and give ``decode`` as many actors as the CPU nodes have
+cores to spare (README, "Sizing a run").
 """
 
 from __future__ import annotations
@@ -38,23 +40,61 @@ class DatasetRunConfig(BaseModel):
     reader_options: dict[str, Any] = Field(default_factory=dict)
 
 
-class EvaluationConfig(DatasetRunConfig):
-    """Everything an evaluation run needs; stored as ``run.json`` inside the run folder
-    (``out``: ``run.json``, ``predictions/`` and ``faces/`` Parquet parts)."""
+class StageSettings(BaseModel):
+    """One stage of a staged run: how many actors run it and what each reserves."""
 
-    #: The method's settings (paper numbers); model directory, backend and device inside.
-    analysis: AnalysisSettings = Field(default_factory=batch_analysis_settings)
-    #: Model actors in the pool (each loads every model once).
-    actors: int = Field(2, ge=1)
-    #: Logical CPUs each actor reserves. Fractional on purpose: two actors reserving a whole CPU
-    #: each on a 2-core machine leave nothing for Ray Data's own tasks and the run stalls
-    #: (measured, ../shared/RAY_NOTES.md).
-    actor_num_cpus: float = Field(0.5, gt=0.0)
-    #: GPU share of each actor; None = an even share of the cluster's GPUs (0 without GPUs).
-    actor_num_gpus: float | None = Field(None, ge=0.0)
+    model_config = ConfigDict(extra="forbid")
+
+    #: Actors in the stage's pool (each loads the stage's models once).
+    actors: int = Field(1, ge=1)
+    #: Logical CPUs each actor reserves. Fractional on purpose: actors reserving a whole CPU each
+    #: on a 2-core machine leave nothing for Ray Data's own tasks and the run stalls (measured,
+    #: ../shared/RAY_NOTES.md).
+    num_cpus: float = Field(0.5, gt=0.0)
+    #: GPU share of each actor; None = an even share of the cluster's GPUs among the actors of
+    #: the model stages (0 without GPUs). Ignored by the decode stage (CPU only).
+    num_gpus: float | None = Field(None, ge=0.0)
+    #: Tasks (shots, or chunks of a face sequence) per call: what is batched across videos.
+    batch_size: int = Field(1, ge=1)
+
+
+class RayRunSettings(BaseModel):
+    """What every Ray Data run over a dataset (evaluation, attack) sets the same way, under the
+    same names."""
+
+    model_config = ConfigDict(extra="forbid")
+
     #: ``torch.set_num_threads`` inside each actor (0: torch's default). One thread per actor is
     #: several times faster for MTCNN when actors share cores (measured here).
     torch_threads: int = Field(1, ge=0)
+    #: Retries of a task whose worker process died (crash, out of memory) before its video is
+    #: written as a ``worker-lost`` error row (Ray Data's default would retry it forever).
+    max_task_retries: int = Field(1, ge=0)
+    #: Rows are written in parts of at most this many rows, or every ``flush_s`` seconds: what
+    #: a crash can lose, and what a resumed run redoes.
+    flush_rows: int = Field(64, ge=1)
+    flush_s: float = Field(30.0, gt=0.0)
+    #: Rerun rows whose stored result is an error (other finished rows are always skipped).
+    retry_errors: bool = False
+
+
+class EvaluationConfig(DatasetRunConfig, RayRunSettings):
+    """Everything an evaluation run needs; stored as ``run.json`` inside the run folder
+    (``out``: ``run.json``, ``predictions/`` and ``faces/`` Parquet parts).
+
+    The run streams through the stages of :mod:`batch.stages`; ``decode``, ``detect`` and
+    ``score`` size them (the face tracks are plain tasks of ``tracks_num_cpus`` each).
+    """
+
+    #: The method's settings (paper numbers); model directory, backend and device inside.
+    analysis: AnalysisSettings = Field(default_factory=batch_analysis_settings)
+    #: Probe, shot boundaries and frame decoding (CPU), one video per call.
+    decode: StageSettings = Field(default_factory=lambda: StageSettings(actors=1))
+    #: Face detection; ``batch_size`` shots per call (each up to 64 frames).
+    detect: StageSettings = Field(default_factory=lambda: StageSettings(batch_size=2))
+    #: The ensemble; ``batch_size`` shots per call (their kept faces in one batch).
+    score: StageSettings = Field(default_factory=lambda: StageSettings(batch_size=16))
+    tracks_num_cpus: float = Field(0.25, gt=0.0)
     #: Write one Parquet row per scored face as well (needed for frame-level metrics).
     per_face: bool = True
     #: ``label_pred`` is 1 when ``score >= threshold``.
@@ -62,16 +102,14 @@ class EvaluationConfig(DatasetRunConfig):
     #: Score through the deployments of this running Serve application instead of actor-local
     #: models (the serving replicas stay warm and are shared).
     serve_app: str | None = None
-    #: Rerun rows whose stored prediction is an error (other finished rows are always skipped).
-    retry_errors: bool = False
-    #: Retries of a row whose worker process died (crash, out of memory) before it is written
-    #: as an error row.
-    max_task_retries: int = Field(1, ge=0)
-    #: Give memory freed by each video back to the OS (glibc ``malloc_trim``): keeps a long
+    #: Give memory freed by each batch back to the OS (glibc ``malloc_trim``): keeps a long
     #: run's workers flat instead of growing with heap fragmentation (measured: see
     #: :func:`pipeline.memory.release_free_memory`).
     trim_memory: bool = True
-    #: Predictions are written in parts of at most this many rows, or every ``flush_s`` seconds:
-    #: what a crash can lose, and what a resumed run redoes.
-    flush_rows: int = Field(64, ge=1)
-    flush_s: float = Field(30.0, gt=0.0)
+    #: Object-store memory the run's stages may hold at once (MiB; None: Ray Data's own budget).
+    #: Decoded frames wait in the object store between decoding and detection; this caps them.
+    object_store_mb: int | None = Field(None, ge=64)
+
+    def model_actors(self) -> int:
+        """Actors that may take a GPU share (face detection and the ensemble)."""
+        return self.detect.actors + self.score.actors

@@ -1,12 +1,13 @@
-"""Evaluation runs on Ray Data: dataset rows -> the whole method per video -> Parquet predictions.
+"""Evaluation runs on Ray Data: dataset rows -> the method's stages -> Parquet predictions.
 
-A run streams the rows of a dataset (paper section 4.1) through a pool of model actors
-(:func:`batch.execution.actor_pool_batches`). Each actor (:class:`batch.scoring.VideoScorer`)
-loads the same model classes the CLI and the Serve deployments use, or reaches the deployments of
-a running Serve application instead (:mod:`batch.models`), and scores one video at a time with
-:class:`batch.scoring.RowScorer`. This module is the driver: the run folder's fingerprint, the
-stream of result rows into Parquet parts, and :func:`score_sequentially`, the same scoring in a
-plain loop.
+A run streams the rows of a dataset (paper section 4.1) through the stages of
+:mod:`batch.stages`: decoding and shot boundaries on CPU actors, face detection and the ensemble
+on model actor pools that batch shots of several videos together, face tracks as plain tasks.
+The model stages load the same model classes the CLI and the Serve deployments use, or reach the
+deployments of a running Serve application instead (:mod:`batch.models`). This module is the
+driver: the run folder's fingerprint, the stream of tasks assembled into one row per video
+(:class:`batch.assemble.VideoAssembler`) and written as Parquet parts, and
+:func:`score_sequentially`, the same method in a plain loop (:class:`batch.scoring.RowScorer`).
 
 The run folder's layout, schemas and reading rules belong to :mod:`evaluation.runs` (the reports
 read it from there); this module writes through :class:`evaluation.runs.RunFolder`. The driver
@@ -26,7 +27,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,30 +36,25 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from batch.assemble import VideoAssembler
 from batch.datasets import VideoRow, read_dataset
 from batch.execution import (
-    actor_pool_batches,
+    data_context,
     record_session,
     resolve_devices,
     row_fields,
     worker_lost_fields,
 )
 from batch.models import build_models, serve_models
-from batch.scoring import FACES_JSON, RowScorer, ScoredRow, VideoScorer
-from evaluation.runs import (
-    RUN_FILE,
-    RunFolder,
-    concat_tables,
-    face_schema,
-    member_names_of,
-    prediction_schema,
-)
+from batch.scoring import RowScorer, ScoredRow
+from batch.stages import DecodeStage, DetectStage, ScoreStage, from_table, link_tracks_batch
+from evaluation.runs import RUN_FILE, RunFolder, face_schema, prediction_schema
 from pipeline.errors import ConfigError, DfdError
-from pipeline.models.ensemble import expected_infos, models_digest, pin_ensemble
+from pipeline.models.ensemble import context_margin, expected_infos, models_digest, pin_ensemble
 from pipeline.version import __version__
 
 if TYPE_CHECKING:
-    from batch.config import EvaluationConfig
+    from batch.config import EvaluationConfig, StageSettings
     from pipeline.analyze import AnalysisSettings
     from pipeline.model_access import PipelineModels
 
@@ -158,13 +155,13 @@ def _prepare(config: EvaluationConfig, folder: RunFolder) -> dict[str, Any]:
     return info
 
 
-def _gpu_share(config: EvaluationConfig) -> float:
+def _gpu_share(config: EvaluationConfig, stage: StageSettings) -> float:
     import ray
 
-    if config.actor_num_gpus is not None:
-        return config.actor_num_gpus
+    if stage.num_gpus is not None:
+        return stage.num_gpus
     gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    return min(1.0, gpus / config.actors) if gpus else 0.0
+    return min(1.0, gpus / config.model_actors()) if gpus else 0.0
 
 
 def _lost_rows(rows: Sequence[VideoRow], dataset: str, member_names: Sequence[str]) -> pa.Table:
@@ -173,7 +170,7 @@ def _lost_rows(rows: Sequence[VideoRow], dataset: str, member_names: Sequence[st
     records = [
         {
             **row_fields(r, dataset),
-            **worker_lost_fields("scoring"),
+            **worker_lost_fields("analysing"),
             "service_version": __version__,
             "finished_at": now,
         }
@@ -233,6 +230,54 @@ def run_evaluation(
     return summary
 
 
+def _crop_margin(config: EvaluationConfig) -> float:
+    """The margin faces are cut at: the members' largest (read without loading a model)."""
+    if config.serve_app is not None:
+        return serve_models(config.serve_app).crop_margin
+    return context_margin(expected_infos(config.analysis.inference))
+
+
+def _stages(config: EvaluationConfig, items: list[dict[str, Any]]) -> Iterator[pa.Table]:
+    """The staged pipeline of :mod:`batch.stages` over ``items``: its output blocks as they
+    come (order not kept; tasks are keyed by video and part)."""
+    import ray
+
+    config_json = config.model_dump_json()
+    ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
+
+    def actors(udf: type, stage: StageSettings, gpus: float, **kwargs: Any) -> None:
+        nonlocal ds
+        ds = ds.map_batches(
+            udf,
+            fn_constructor_kwargs={"config_json": config_json, **kwargs},
+            batch_size=stage.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=stage.actors),
+            num_cpus=stage.num_cpus,
+            num_gpus=gpus,
+            max_task_retries=config.max_task_retries,
+        )
+
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates passing remote options as extra keywords but offers no named
+        # parameter for max_task_retries; without it a task that kills its worker would be
+        # retried forever (Ray Data's default is -1).
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        actors(DecodeStage, config.decode.model_copy(update={"batch_size": 1}), 0.0)
+        actors(DetectStage, config.detect, _gpu_share(config, config.detect),
+               crop_margin=_crop_margin(config))  # fmt: skip
+        ds = ds.map_batches(
+            link_tracks_batch,
+            fn_kwargs={"settings_json": config.analysis.model_dump_json()},
+            batch_size=config.detect.batch_size,
+            batch_format="pyarrow",
+            num_cpus=config.tracks_num_cpus,
+            max_retries=config.max_task_retries,
+        )
+        actors(ScoreStage, config.score, _gpu_share(config, config.score))
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
 def _execute(
     config: EvaluationConfig,
     folder: RunFolder,
@@ -241,55 +286,49 @@ def _execute(
     started: float,
     progress: RunProgress | None,
 ) -> None:
-    items = [{**dataclasses.asdict(r), "dataset": config.dataset} for r in todo]
-    buffer: list[pa.Table] = []
-    member_names: list[str] = []
+    items = {r.video_id: {**dataclasses.asdict(r), "dataset": config.dataset} for r in todo}
+    assembler = VideoAssembler(items, config.threshold)
+    predictions: list[dict[str, Any]] = []
+    faces: list[dict[str, Any]] = []
     last_flush = time.perf_counter()
-    seen: set[str] = set()
 
     def flush() -> None:
         nonlocal last_flush
         last_flush = time.perf_counter()
-        if not buffer:
-            return
-        table = concat_tables(buffer)
-        buffer.clear()
-        faces = _faces_from_transport(table, member_names) if config.per_face else None
-        folder.write_part(table.drop_columns([FACES_JSON]), faces)
+        if predictions:
+            names = assembler.member_names
+            table = pa.Table.from_pylist(predictions, schema=prediction_schema(names))
+            face_table = pa.Table.from_pylist(faces, schema=face_schema(names))
+            folder.write_part(table, face_table if config.per_face else None)
+        predictions.clear()
+        faces.clear()
 
-    blocks = actor_pool_batches(
-        items,
-        VideoScorer,
-        {"config_json": config.model_dump_json()},
-        batch_format="pyarrow",
-        actors=config.actors,
-        num_cpus=config.actor_num_cpus,
-        num_gpus=_gpu_share(config),
-        max_task_retries=config.max_task_retries,
-        enable_progress_bars=progress is None,
-    )
-    for block in blocks:
-        if not member_names:
-            member_names = member_names_of(block.schema)
-        buffer.append(block)
-        ids = block.column("video_id").to_pylist()
-        seen.update(ids)
-        errors = block.column("error").to_pylist()
-        scores = block.column("score").to_pylist()
-        summary.processed += len(ids)
-        summary.errors += sum(e is not None for e in errors)
-        summary.no_face += sum(e is None and s is None for e, s in zip(errors, scores, strict=True))
-        if progress is not None:
-            progress(summary.processed, len(todo), time.perf_counter() - started)
-        if (
-            sum(t.num_rows for t in buffer) >= config.flush_rows
-            or time.perf_counter() - last_flush >= config.flush_s
-        ):
-            flush()
+    from ray.data import ExecutionOptions, ExecutionResources
+
+    context: dict[str, Any] = {"max_errored_blocks": -1, "enable_progress_bars": progress is None}
+    if config.object_store_mb is not None:
+        limits = ExecutionResources(object_store_memory=config.object_store_mb * 2**20)
+        context["execution_options"] = ExecutionOptions(resource_limits=limits)
+    with data_context(**context):
+        for block in _stages(config, list(items.values())):
+            for task in from_table(block):
+                scored = assembler.add(task)
+                if scored is None:
+                    continue
+                predictions.append(scored.prediction)
+                faces.extend(scored.faces)
+                _count(summary, scored.prediction)
+                if progress is not None:
+                    progress(summary.processed, len(todo), time.perf_counter() - started)
+            if (
+                len(predictions) >= config.flush_rows
+                or time.perf_counter() - last_flush >= config.flush_s
+            ):
+                flush()
     flush()
-    lost = [r for r in todo if r.video_id not in seen]
+    lost = [r for r in todo if r.video_id in set(assembler.unfinished())]
     if lost:
-        names = member_names
+        names = list(assembler.member_names)
         if not names:
             with contextlib.suppress(DfdError):
                 names = [i.name for i in expected_infos(config.analysis.inference)]
@@ -299,12 +338,10 @@ def _execute(
         log.error("%d video(s) lost their worker on every retry; written as error rows", len(lost))
 
 
-def _faces_from_transport(table: pa.Table, member_names: Sequence[str]) -> pa.Table:
-    records: list[dict[str, Any]] = []
-    for payload in table.column(FACES_JSON).to_pylist():
-        if payload:
-            records.extend(json.loads(payload))
-    return pa.Table.from_pylist(records, schema=face_schema(member_names))
+def _count(summary: RunSummary, prediction: dict[str, Any]) -> None:
+    summary.processed += 1
+    summary.errors += prediction["error"] is not None
+    summary.no_face += prediction["error"] is None and prediction["score"] is None
 
 
 def score_sequentially(

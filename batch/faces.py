@@ -160,8 +160,8 @@ def _blocks_ray(config: FaceExtractionConfig, items: list[dict[str, Any]]) -> It
         ExtractorActor,
         {"config_json": config.model_dump_json()},
         batch_format="pyarrow",
-        actors=config.actors,
-        num_cpus=config.actor_num_cpus,
+        actors=config.extractors.actors,
+        num_cpus=config.extractors.num_cpus,
         num_gpus=_gpu_share(config),
         max_task_retries=config.max_task_retries,
         enable_progress_bars=False,
@@ -172,9 +172,9 @@ def _gpu_share(config: FaceExtractionConfig) -> float:
     """Each actor's GPU share: none on CPU, else the configured or an even share of one GPU."""
     if not config.faces.device.startswith("cuda"):
         return 0.0
-    if config.actor_num_gpus is not None:
-        return config.actor_num_gpus
-    return 1.0 / config.actors
+    if config.extractors.num_gpus is not None:
+        return config.extractors.num_gpus
+    return 1.0 / config.extractors.actors
 
 
 def _execute(

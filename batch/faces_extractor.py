@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from batch.config import DatasetRunConfig
+from batch.config import DatasetRunConfig, RayRunSettings, StageSettings
 from batch.datasets import VideoRow, iter_face_sequence
 from batch.execution import batched, error_fields, row_fields, row_from_item, worker_id
 from batch.faces_folder import ERROR, FACE, FACE_SCHEMA, NO_FACE, encode_crop
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class FaceExtractionConfig(DatasetRunConfig):
+class FaceExtractionConfig(DatasetRunConfig, RayRunSettings):
     """Everything a face extraction needs; stored in ``faces.json`` (``out``: ``faces.json`` and
     ``parts/``)."""
 
@@ -66,22 +66,12 @@ class FaceExtractionConfig(DatasetRunConfig):
     max_pixels: int = Field(100_000_000, gt=0)
     #: Only the first N rows (after the split filter): a smoke test. Not part of the fingerprint.
     limit: int | None = Field(None, ge=1)
-    #: Rerun videos whose stored rows are errors (finished videos are always skipped).
-    retry_errors: bool = False
-    #: Actors in the pool; each loads the detector once.
-    actors: int = Field(2, ge=1)
-    #: Logical CPUs per actor; fractional so Ray Data's own tasks still fit on 2 cores.
-    actor_num_cpus: float = Field(0.5, gt=0.0)
-    #: GPU share per actor when the detector runs on CUDA (``faces.device``); None: an even
-    #: share of one GPU among the actors. Without a share Ray hides the GPU from the actor.
-    actor_num_gpus: float | None = Field(None, ge=0.0)
-    #: ``torch.set_num_threads`` in each actor (0: torch's default).
-    torch_threads: int = Field(1, ge=0)
-    #: Retries of a video whose worker died before it becomes a ``worker-lost`` error row.
-    max_task_retries: int = Field(1, ge=0)
+    #: The extraction actor pool; each actor loads the detector once. ``num_gpus`` is used when
+    #: the detector runs on CUDA (``faces.device``); None: an even share of one GPU among the
+    #: actors. Without a share Ray hides the GPU from the actor.
+    extractors: StageSettings = Field(default_factory=lambda: StageSettings(actors=2))
     #: A part is written every ``flush_rows`` videos or ``flush_s`` seconds.
     flush_rows: int = Field(32, ge=1)
-    flush_s: float = Field(30.0, gt=0.0)
 
 
 #: Settings that never change a crop; left out of the fingerprint.
@@ -89,9 +79,7 @@ _EXECUTION_ONLY: dict[str, Any] = {
     "out": True,
     "limit": True,
     "retry_errors": True,
-    "actors": True,
-    "actor_num_cpus": True,
-    "actor_num_gpus": True,
+    "extractors": True,
     "torch_threads": True,
     "max_task_retries": True,
     "flush_rows": True,

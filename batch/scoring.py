@@ -1,5 +1,6 @@
-"""Scoring one dataset row with the whole method: :class:`RowScorer` (plain Python, used by the
-Ray actors and by plain loops alike) and :class:`VideoScorer`, the Ray Data actor around it.
+"""Scoring one dataset row with the whole method, in one process: :class:`RowScorer` (the plain
+loop of ``dfd bench evaluate`` and the reference the staged run is tested against), and the
+functions both it and the staged run (:mod:`batch.stages`) build their rows with.
 
 Each row runs :class:`pipeline.analyze.Analyzer` on one video: shots, faces, face tracks, the
 ensemble and the aggregation of paper 3.1. WildDeepfake rows are face sequences: the faces are
@@ -10,29 +11,18 @@ and never a neutral score; a video without any face gets no score and no error.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
 from batch.datasets import VideoRow, iter_face_sequence
-from batch.execution import (
-    batched,
-    error_fields,
-    resolve_devices,
-    row_fields,
-    row_from_item,
-    rss_mb,
-    worker_id,
-)
-from batch.models import build_models
-from evaluation.runs import SEQUENCE_CHUNK, face_schema, member_column, prediction_schema
+from batch.execution import batched, error_fields, row_fields, rss_mb, worker_id
+from evaluation.runs import SEQUENCE_CHUNK, member_column
+from pipeline.aggregate import max_or_none, track_score
 from pipeline.errors import DfdError
 from pipeline.memory import release_free_memory
 from pipeline.models.ensemble import models_digest
@@ -41,20 +31,136 @@ from pipeline.version import __version__
 if TYPE_CHECKING:
     from pipeline.analyze import AnalysisSettings, Analyzer
     from pipeline.model_access import PipelineModels
-    from pipeline.result import Result
+    from pipeline.result import ShotResult
 
 log = logging.getLogger(__name__)
 
-#: Column carrying a row's faces from an actor to the driver (JSON); never written.
-FACES_JSON = "_faces_json"
+#: The face-row columns a video's identity gives every face.
+_FACE_IDENTITY = ("video_id", "dataset", "label", "manipulation", "split")
 
 
 @dataclass
 class ScoredRow:
-    """One prediction row (columns of :func:`prediction_schema`) and its face rows."""
+    """One prediction row (columns of :func:`evaluation.runs.prediction_schema`) and its face
+    rows."""
 
     prediction: dict[str, Any]
     faces: list[dict[str, Any]]
+
+
+def member_columns(
+    values: Mapping[str, float | None], member_names: Sequence[str]
+) -> dict[str, float | None]:
+    """``member_<name>`` columns from per-member values (None where a member has none)."""
+    return {member_column(m): values.get(m) for m in member_names}
+
+
+def video_record(
+    shots: Sequence[ShotResult],
+    frames_sampled: int,
+    duration_s: float | None,
+    member_names: Sequence[str],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Prediction and face columns of an analysed video or image from its shots; the video is
+    the max over its shots (paper 3.1), and per-member video scores follow the same rule as the
+    ensemble's: track = mean of faces, shot = max, video = max."""
+    faces: list[dict[str, Any]] = []
+    video_members: dict[str, float | None] = dict.fromkeys(member_names)
+    for shot in shots:
+        for cluster in shot.clusters:
+            for face in cluster.faces:
+                faces.append(
+                    {
+                        "shot": shot.index,
+                        "track": cluster.id,
+                        "frame_index": face.frame_index,
+                        "time_s": face.time_s,
+                        "detection_confidence": face.detection_confidence,
+                        "score": face.score,
+                        **member_columns(face.member_scores, member_names),
+                    }
+                )
+            for m in member_names:
+                track = sum(f.member_scores[m] for f in cluster.faces) / len(cluster.faces)
+                current = video_members[m]
+                video_members[m] = track if current is None else max(current, track)
+    record = {
+        "score": max_or_none([s.score for s in shots]),
+        **member_columns(video_members, member_names),
+        "n_faces": sum(len(c.faces) for s in shots for c in s.clusters),
+        "n_faces_detected": sum(s.faces_detected for s in shots),
+        "n_tracks": sum(len(s.clusters) for s in shots),
+        "n_shots": len(shots),
+        "frames_sampled": frames_sampled,
+        "duration_s": duration_s,
+    }
+    return record, faces
+
+
+def sequence_record(
+    scores: Sequence[float],
+    member_scores: Sequence[Mapping[str, float]],
+    member_names: Sequence[str],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Prediction and face columns of a face sequence (WildDeepfake) from its faces' scores, in
+    sequence order: one shot, one track, so the video's score is the mean of its faces'."""
+    faces = [
+        {
+            "shot": 0,
+            "track": 0,
+            "frame_index": i,
+            "time_s": None,
+            "detection_confidence": None,
+            "score": score,
+            **member_columns(members, member_names),
+        }
+        for i, (score, members) in enumerate(zip(scores, member_scores, strict=True))
+    ]
+    per_member = {m: track_score([s[m] for s in member_scores]) for m in member_names}
+    record = {
+        "score": track_score(scores),
+        **member_columns(per_member, member_names),
+        "n_faces": len(scores),
+        "n_faces_detected": len(scores),
+        "n_tracks": 1,
+        "n_shots": 1,
+        "frames_sampled": len(scores),
+        "duration_s": None,
+    }
+    return record, faces
+
+
+def finish_record(
+    record: dict[str, Any],
+    faces: list[dict[str, Any]],
+    row: VideoRow,
+    dataset: str,
+    *,
+    threshold: float,
+    digest: str,
+    elapsed_s: float,
+    worker: str,
+    node: str | None,
+    worker_rss_mb: float,
+) -> ScoredRow:
+    """A prediction row's identity and bookkeeping columns around its scores (``record``: the
+    columns of :func:`video_record`, :func:`sequence_record` or :func:`error_fields`)."""
+    base = row_fields(row, dataset)
+    score = record.get("score")
+    record.setdefault("error_kind", None)
+    record.setdefault("error", None)
+    record.update(base)
+    record["label_pred"] = None if score is None else int(score >= threshold)
+    record["service_version"] = __version__
+    record["models_digest"] = digest
+    record["elapsed_s"] = round(elapsed_s, 4)
+    record["finished_at"] = datetime.now(UTC)
+    record["worker"] = worker
+    record["node"] = node
+    record["worker_rss_mb"] = round(worker_rss_mb, 1)
+    for face in faces:
+        face.update({k: base[k] for k in _FACE_IDENTITY})
+    return ScoredRow(record, faces)
 
 
 class RowScorer:
@@ -84,14 +190,11 @@ class RowScorer:
         infos = models.model_infos()
         self.member_names = [i.name for i in infos]
         self.models_digest = models_digest(infos)
-        self.prediction_schema = prediction_schema(self.member_names)
-        self.face_schema = face_schema(self.member_names)
 
     def score(self, row: VideoRow, dataset: str) -> ScoredRow:
         """Score one row. Never raises for a bad video: the row comes back with ``error`` set."""
         from pipeline.artefacts import MemorySink
 
-        base = row_fields(row, dataset)
         t0 = time.perf_counter()
         faces: list[dict[str, Any]] = []
         record: dict[str, Any]
@@ -101,146 +204,38 @@ class RowScorer:
             else:
                 # Galleries are off in batch settings; the sink only receives what slips through.
                 result = self.analyzer.analyze_file(Path(row.path), MemorySink())
-                record, faces = self._from_result(result)
-            record["error_kind"] = record["error"] = None
+                record, faces = video_record(
+                    result.shots,
+                    result.source.frames_sampled,
+                    result.source.duration_s,
+                    self.member_names,
+                )
         except Exception as exc:  # typed, or a bug or a library failure: record it, go on
             if not isinstance(exc, DfdError):
                 log.exception("scoring %s failed", row.video_id)
-            record = error_fields(exc)
-        score = record.get("score")
-        record.update(base)
-        record["label_pred"] = None if score is None else int(score >= self.threshold)
-        record["service_version"] = __version__
-        record["models_digest"] = self.models_digest
-        record["elapsed_s"] = round(time.perf_counter() - t0, 4)
-        record["finished_at"] = datetime.now(UTC)
-        record["worker"] = worker_id()
-        record["node"] = self.node
+            record, faces = error_fields(exc), []
         if self.trim_memory:
             release_free_memory()
-        record["worker_rss_mb"] = round(rss_mb(), 1)
-        for face in faces:
-            face.update({k: base[k] for k in ("video_id", "dataset", "label", "manipulation")})
-            face["split"] = row.split
-        return ScoredRow(record, faces if self.per_face else [])
-
-    def _members(self, values: Mapping[str, float | None]) -> dict[str, float | None]:
-        """``member_<name>`` columns from per-member values (None where a member has none)."""
-        return {member_column(m): values.get(m) for m in self.member_names}
-
-    def _from_result(self, result: Result) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Prediction and face rows from an analysis; per-member video scores follow the same
-        rule as the ensemble's (paper 3.1): track = mean of faces, shot = max, video = max."""
-        faces: list[dict[str, Any]] = []
-        video_members: dict[str, float | None] = dict.fromkeys(self.member_names)
-        for shot in result.shots:
-            for cluster in shot.clusters:
-                for face in cluster.faces:
-                    faces.append(
-                        {
-                            "shot": shot.index,
-                            "track": cluster.id,
-                            "frame_index": face.frame_index,
-                            "time_s": face.time_s,
-                            "detection_confidence": face.detection_confidence,
-                            "score": face.score,
-                            **self._members(face.member_scores),
-                        }
-                    )
-                for m in self.member_names:
-                    track = sum(f.member_scores[m] for f in cluster.faces) / len(cluster.faces)
-                    current = video_members[m]
-                    video_members[m] = track if current is None else max(current, track)
-        record = {
-            "score": result.score,
-            **self._members(video_members),
-            "n_faces": result.faces_total,
-            "n_faces_detected": sum(s.faces_detected for s in result.shots),
-            "n_tracks": sum(len(s.clusters) for s in result.shots),
-            "n_shots": len(result.shots),
-            "frames_sampled": result.source.frames_sampled,
-            "duration_s": result.source.duration_s,
-        }
-        return record, faces
+        scored = finish_record(
+            record,
+            faces,
+            row,
+            dataset,
+            threshold=self.threshold,
+            digest=self.models_digest,
+            elapsed_s=time.perf_counter() - t0,
+            worker=worker_id(),
+            node=self.node,
+            worker_rss_mb=rss_mb(),
+        )
+        return scored if self.per_face else ScoredRow(scored.prediction, [])
 
     def _face_sequence(self, row: VideoRow) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """WildDeepfake: the crops are the faces. One shot, one track: video = track = mean."""
-        from pipeline.aggregate import track_score
-
+        """WildDeepfake: the crops are the faces, scored in chunks of ``SEQUENCE_CHUNK``."""
         scores: list[float] = []
-        member_scores: list[list[float]] = []
-        faces: list[dict[str, Any]] = []
+        members: list[dict[str, float]] = []
         for chunk in batched(iter_face_sequence(row), SEQUENCE_CHUNK):
             pred = self.models.score_faces(chunk)
-            for i in range(len(chunk)):
-                members = pred.member_dict(i)
-                scores.append(float(pred.probability[i]))
-                member_scores.append([members[m] for m in self.member_names])
-                faces.append(
-                    {
-                        "shot": 0,
-                        "track": 0,
-                        "frame_index": len(scores) - 1,
-                        "time_s": None,
-                        "detection_confidence": None,
-                        "score": scores[-1],
-                        **self._members(members),
-                    }
-                )
-        per_member = {
-            m: track_score([s[j] for s in member_scores]) for j, m in enumerate(self.member_names)
-        }
-        record = {
-            "score": track_score(scores),
-            **self._members(per_member),
-            "n_faces": len(scores),
-            "n_faces_detected": len(scores),
-            "n_tracks": 1,
-            "n_shots": 1,
-            "frames_sampled": len(scores),
-            "duration_s": None,
-        }
-        return record, faces
-
-    def score_table(self, batch: pa.Table) -> pa.Table:
-        """Rows as a table (columns of :class:`VideoRow` + ``dataset``) -> prediction table with
-        the faces of each row as JSON in a transport column (the driver splits them off)."""
-        records = []
-        for item in batch.to_pylist():
-            row = row_from_item(item)
-            scored = self.score(row, item["dataset"])
-            scored.prediction[FACES_JSON] = json.dumps(scored.faces) if scored.faces else None
-            records.append(scored.prediction)
-        schema = self.prediction_schema.append(pa.field(FACES_JSON, pa.string()))
-        return pa.Table.from_pylist(records, schema=schema)
-
-
-class VideoScorer:
-    """Ray Data actor: loads the models once, then scores the rows of every batch it receives.
-
-    Used as ``map_batches(VideoScorer, compute=ActorPoolStrategy(...))``. The logic lives in
-    :class:`RowScorer`; this class only prepares the process (threads, devices).
-    """
-
-    def __init__(self, config_json: str) -> None:
-        import ray
-        import torch
-
-        from batch.config import EvaluationConfig
-
-        config = EvaluationConfig.model_validate_json(config_json)
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
-        settings = resolve_devices(config.analysis)
-        config = config.model_copy(update={"analysis": settings})
-        self.scorer = RowScorer(
-            build_models(config),
-            settings,
-            threshold=config.threshold,
-            per_face=config.per_face,
-            trim_memory=config.trim_memory,
-            node=ray.get_runtime_context().get_node_id(),
-        )
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.scorer.score_table(batch)
+            scores.extend(float(p) for p in pred.probability)
+            members.extend(pred.member_dict(i) for i in range(len(chunk)))
+        return sequence_record(scores, members, self.member_names)

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
-from batch.config import EvaluationConfig
+from batch.config import EvaluationConfig, StageSettings
 from bench.clips import synthesise_clips
 from bench.harness import err_console, out_console, ray_session, run_isolated, write_json
 
@@ -179,9 +179,13 @@ def _evaluation_config(s: EvaluateBenchSettings, manifest: Path, out: Path) -> E
             ),
         }
     )
+
+    def stage(batch_size: int) -> StageSettings:
+        return StageSettings(actors=s.actors, num_cpus=s.cpus_per_actor, batch_size=batch_size)
+
     return EvaluationConfig(
-        dataset="csv", root=manifest, out=out, analysis=analysis, actors=s.actors,
-        actor_num_cpus=s.cpus_per_actor, per_face=False,
+        dataset="csv", root=manifest, out=out, analysis=analysis, per_face=False,
+        decode=StageSettings(num_cpus=s.cpus_per_actor), detect=stage(2), score=stage(16),
     )  # fmt: skip
 
 
@@ -220,8 +224,8 @@ def _pool_run(
     for _, r in pool.sort_values("finished_at").iterrows():
         per_worker.setdefault(str(r["worker"]), []).append(float(r["worker_rss_mb"]))
     figures["pool"] = {
-        "actors": config.actors,
-        "cpus_per_actor": config.actor_num_cpus,
+        "actors": config.score.actors,
+        "cpus_per_actor": config.score.num_cpus,
         "wall_s": wall,
         "first_row_s": first,
         "videos_per_min": len(rows) / wall * 60,
@@ -299,7 +303,7 @@ def _print_evaluate(f: dict[str, Any]) -> None:
         table.add_column(col, justify="right" if col != "mode" else "left")
     p = f["pool"]
     table.add_row(
-        f"actor pool ({p['actors']} x {p['cpus_per_actor']:g} CPU)",
+        f"staged run ({p['actors']} actors per model stage x {p['cpus_per_actor']:g} CPU)",
         f"{p['videos_per_min']:.1f}",
         f"{p['videos_per_min_steady']:.1f}",
         f"{p['wall_s']:.0f}",

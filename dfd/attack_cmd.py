@@ -70,6 +70,7 @@ def attack(
     from pydantic import ValidationError
 
     from batch.attack import AttackRunSettings, AttackSettings
+    from batch.config import StageSettings
     from batch.datasets import read_dataset
     from pipeline.analyze import AnalysisSettings
     from pipeline.faces import FaceSettings
@@ -91,9 +92,9 @@ def attack(
                 galleries=False,
             ),
             attack=attack_settings,
-            actors=actors,
-            num_cpus_per_actor=cpus_per_actor,
-            num_gpus_per_actor=gpus_per_actor,
+            attackers=StageSettings(
+                actors=actors, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor
+            ),
             torch_threads=torch_threads,
             examples=examples,
             retry_errors=retry_errors,

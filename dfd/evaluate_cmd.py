@@ -54,7 +54,17 @@ def evaluate(
         str | None, typer.Option(help="Only this split: train, val, test or unspecified.")
     ] = None,
     model_dir: Annotated[Path | None, typer.Option(help="Model directory.")] = None,
-    actors: Annotated[int, typer.Option(help="Model actors in the pool.")] = 2,
+    actors: Annotated[
+        int, typer.Option(help="Actors of each model stage (face detection, the ensemble).")
+    ] = 1,
+    decode_actors: Annotated[
+        int, typer.Option(help="Actors decoding videos and finding shots (CPU).")
+    ] = 1,
+    detect_batch: Annotated[int, typer.Option(help="Shots per face-detection call.")] = 2,
+    score_batch: Annotated[int, typer.Option(help="Shots per ensemble call.")] = 16,
+    object_store_mb: Annotated[
+        int | None, typer.Option(help="Cap on the object store the run holds at once (MiB).")
+    ] = None,
     serve_app: Annotated[
         str | None,
         typer.Option(help="Score through this running Serve application's deployments."),
@@ -64,7 +74,8 @@ def evaluate(
     device: DeviceOpt = "auto",
     cpus_per_actor: Annotated[float, typer.Option(help="Logical CPUs per actor.")] = 0.5,
     gpus_per_actor: Annotated[
-        float | None, typer.Option(help="GPU share per actor (default: an even share).")
+        float | None,
+        typer.Option(help="GPU share per model actor (default: an even share of the GPUs)."),
     ] = None,
     max_frames: Annotated[int, typer.Option(help="Frames per shot for faces (paper: 64).")] = 64,
     per_face: Annotated[
@@ -81,7 +92,7 @@ def evaluate(
     """Score a dataset on Ray Data and write per-video predictions (Parquet) and the tables."""
     from pydantic import ValidationError
 
-    from batch.config import EvaluationConfig, batch_analysis_settings
+    from batch.config import EvaluationConfig, StageSettings, batch_analysis_settings
     from pipeline.faces import FaceSettings
     from pipeline.models import InferenceSettings
 
@@ -101,9 +112,20 @@ def evaluate(
             analysis=batch_analysis_settings().model_copy(
                 update={"inference": inference, "faces": faces}
             ),
-            actors=actors,
-            actor_num_cpus=cpus_per_actor,
-            actor_num_gpus=gpus_per_actor,
+            decode=StageSettings(actors=decode_actors, num_cpus=cpus_per_actor),
+            detect=StageSettings(
+                actors=actors,
+                num_cpus=cpus_per_actor,
+                num_gpus=gpus_per_actor,
+                batch_size=detect_batch,
+            ),
+            score=StageSettings(
+                actors=actors,
+                num_cpus=cpus_per_actor,
+                num_gpus=gpus_per_actor,
+                batch_size=score_batch,
+            ),
+            object_store_mb=object_store_mb,
             per_face=per_face,
             serve_app=serve_app,
             retry_errors=retry_errors,

@@ -66,6 +66,7 @@ def extract(
     """Detect faces in a dataset's videos and write labelled crops as Parquet parts."""
     from pydantic import ValidationError
 
+    from batch.config import StageSettings
     from batch.datasets import DatasetName
     from batch.faces import FaceExtractionConfig
     from pipeline.faces import FaceSettings
@@ -87,9 +88,9 @@ def extract(
             faces=FaceSettings(device=device),
             limit=limit,
             retry_errors=retry_errors,
-            actors=actors,
-            actor_num_cpus=cpus_per_actor,
-            actor_num_gpus=gpus_per_actor,
+            extractors=StageSettings(
+                actors=actors, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor
+            ),
         )
     except ValidationError as exc:
         raise config_error(exc) from exc

@@ -9,25 +9,29 @@ rules, so the report never needs the code that ran the attack::
     RUN/examples/<slug>-*.png    clean, perturbation and attacked crops of the example faces
 
 Every file is written atomically (temporary name, then rename), so a run that stops loses at most
-the rows not yet flushed, and a rerun into the same folder resumes it.
+the rows not yet flushed, and a rerun into the same folder resumes it. :class:`AttackFolder` is
+the evaluation run folder's implementation (:class:`evaluation.runs.PartsFolder`) on this layout.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import math
 import os
 import re
-import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from evaluation.runs import PartsFolder, finished_ids_of, write_table
 from pipeline.errors import ConfigError, MissingFileError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 NormName = Literal["inf", "1", "2"]
 BlackBoxName = Literal["hopskipjump", "square"]
@@ -38,7 +42,8 @@ CONFIG_FILE = "attack.json"
 PARTS_DIR = "parts"
 SCORES_FILE = "scores.parquet"
 EXAMPLES_DIR = "examples"
-#: Columns of an example row holding PNG bytes; :class:`PartWriter` writes them as files.
+#: Columns of an example row holding PNG bytes; :meth:`AttackFolder.write_example` writes them
+#: as files.
 PNG_COLUMNS = ("example_clean_png", "example_perturbation_png", "example_attacked_png")
 
 
@@ -121,11 +126,85 @@ class AttackSettings(BaseModel):
 # Files
 
 
+class AttackFolder(PartsFolder):
+    """An attack run folder on disk: ``attack.json``, ``parts/``, ``scores.parquet`` and
+    ``examples/``.
+
+    Rows are plain dicts (:meth:`batch.attack_video.VideoAttacker.columns`: per-member columns
+    and many nullable fields); a part's table takes the types of its values, and parts whose
+    column is all None in one and typed in another (or int in one, float in another) still read
+    as one table.
+    """
+
+    INFO_FILE = CONFIG_FILE
+    WHAT = "an attack run folder"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.parts_dir = self.root / PARTS_DIR
+        self.examples_dir = self.root / EXAMPLES_DIR
+        self.scores_file = self.root / SCORES_FILE
+
+    def clean(self) -> None:
+        """Remove the temporary files of a session that stopped mid-write."""
+        self.remove_temporaries(self.root, self.parts_dir, self.examples_dir)
+
+    def write_example(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` without its PNG columns (:data:`PNG_COLUMNS`), which go to
+        ``examples/<slug>-{clean,perturbation,attacked}.png``; its ``example`` column is
+        ``"examples/<slug>"``, or None for a row without an example."""
+        record = dict(record)
+        pngs = {c: record.pop(c, None) for c in PNG_COLUMNS}
+        record["example"] = None
+        if pngs["example_clean_png"] is not None:
+            name = slug(str(record["video_id"]))
+            for column, data in pngs.items():
+                suffix = column.removeprefix("example_").removesuffix("_png")
+                _write_bytes(self.examples_dir / f"{name}-{suffix}.png", data)
+            record["example"] = f"{EXAMPLES_DIR}/{name}"
+        return record
+
+    def write_part(self, records: Sequence[dict[str, Any]]) -> str:
+        """Write ``records`` (rows without PNG bytes: :meth:`write_example`) as one part,
+        atomically; returns its name."""
+        return self.write_table_part(self.parts_dir, rows_table(records))
+
+    def rows(self) -> pa.Table | None:
+        """One row per video (the newest part wins: retries replace), sorted by ``video_id``;
+        None when nothing is written yet."""
+        table, _ = self.newest_table(self.parts_dir, promote="permissive")
+        return None if table is None else table.sort_by("video_id")
+
+    def finished_ids(self, *, retry_errors: bool = False) -> set[str]:
+        """Videos a new session skips: every written row, or only the error-free ones."""
+        return finished_ids_of(self.rows(), retry_errors=retry_errors)
+
+    def scores(self) -> pd.DataFrame:
+        """:meth:`rows` as a pandas frame (empty, without columns, before the first part)."""
+        import pandas as pd
+
+        table = self.rows()
+        return pd.DataFrame() if table is None else table.to_pandas()
+
+    def consolidate(self) -> Path:
+        """Write ``scores.parquet`` (atomically): one row per video, sorted by ``video_id``."""
+        table = self.rows()
+        write_table(pa.table({}) if table is None else table, self.scores_file)
+        return self.scores_file
+
+
+def rows_table(records: Sequence[dict[str, Any]]) -> pa.Table:
+    """One table of dict rows: every key any row has (in first-seen order; missing -> None), each
+    column typed by its values (all None -> the null type)."""
+    names = list(dict.fromkeys(k for r in records for k in r))
+    return pa.Table.from_pylist([{n: r.get(n) for n in names} for r in records])
+
+
 def check_or_write_config(out: Path, config: dict[str, Any]) -> None:
     """A run folder holds one attack: a rerun must ask for the same one to resume it."""
-    path = out / CONFIG_FILE
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
+    folder = AttackFolder(out)
+    if folder.exists():
+        old = folder.info()
         fixed = ("dataset", "attack", "analysis", "models")
         changed = [k for k in fixed if old.get(k) != config.get(k)]
         if changed:
@@ -134,23 +213,25 @@ def check_or_write_config(out: Path, config: dict[str, Any]) -> None:
                 "options or choose another --out"
             )
         return
-    out.mkdir(parents=True, exist_ok=True)
-    config = {**config, "created_at": datetime.now(UTC).isoformat()}
-    atomic_write(path, (json.dumps(config, indent=2) + "\n").encode())
+    folder.write_info({**config, "created_at": datetime.now(UTC).isoformat()})
 
 
 def read_config(out: Path) -> dict[str, Any]:
-    path = Path(out) / CONFIG_FILE
-    if not path.is_file():
-        raise MissingFileError(f"{path} not found: {out} is not an attack run folder")
-    config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return config
+    """The run's ``attack.json``.
+
+    Raises:
+        MissingFileError: ``out`` is not an attack run folder.
+    """
+    folder = AttackFolder(out)
+    if not folder.exists():
+        raise MissingFileError(f"{folder.info_file} not found: {out} is not {folder.WHAT}")
+    return folder.info()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def read_scores(out: Path) -> pd.DataFrame:
+    """The run's rows as one pandas frame, from the part files (so also mid-run): the newest row
+    per ``video_id`` (retries win), sorted by ``video_id``."""
+    return AttackFolder(out).scores()
 
 
 def slug(video_id: str) -> str:
@@ -158,73 +239,9 @@ def slug(video_id: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', video_id)[-80:]}-{digest}"
 
 
-class PartWriter:
-    """Buffers result rows and writes them as atomically renamed Parquet parts."""
-
-    def __init__(self, out: Path, flush_every: int, flush_s: float = math.inf) -> None:
-        self.parts = out / PARTS_DIR
-        self.examples = out / EXAMPLES_DIR
-        self.parts.mkdir(parents=True, exist_ok=True)
-        self.flush_every = flush_every
-        self.flush_s = flush_s
-        self.last_flush = time.perf_counter()
-        self.ids: set[str] = set()
-        self.buffer: list[dict[str, Any]] = []
-        self.written = 0
-        self.errors = 0
-
-    def add(self, record: dict[str, Any]) -> None:
-        record = dict(record)
-        pngs = {c: record.pop(c, None) for c in PNG_COLUMNS}
-        record["example"] = None
-        if pngs["example_clean_png"] is not None:
-            self.examples.mkdir(parents=True, exist_ok=True)
-            name = slug(str(record["video_id"]))
-            for column, data in pngs.items():
-                suffix = column.removeprefix("example_").removesuffix("_png")
-                atomic_write(self.examples / f"{name}-{suffix}.png", data)
-            record["example"] = f"{EXAMPLES_DIR}/{name}"
-        self.errors += record.get("error") is not None
-        self.ids.add(str(record["video_id"]))
-        self.buffer.append(record)
-        if (
-            len(self.buffer) >= self.flush_every
-            or time.perf_counter() - self.last_flush >= self.flush_s
-        ):
-            self.flush()
-
-    def flush(self) -> None:
-        self.last_flush = time.perf_counter()
-        if not self.buffer:
-            return
-        import pandas as pd
-
-        frame = pd.DataFrame(self.buffer)
-        name = f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        atomic_write(self.parts / name, buffer.getvalue())
-        self.written += len(self.buffer)
-        self.buffer.clear()
-
-
-def consolidate(out: Path) -> Path:
-    """Write ``scores.parquet``: one row per video, sorted by ``video_id``."""
-    frame = read_scores(out)
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    path = Path(out) / SCORES_FILE
-    atomic_write(path, buffer.getvalue())
-    return path
-
-
-def read_scores(out: Path) -> Any:
-    """The run's rows as one pandas frame, from the part files (so also mid-run): the newest row
-    per ``video_id`` (retries win), sorted by ``video_id``."""
-    import pandas as pd
-
-    files = sorted((Path(out) / PARTS_DIR).glob("part-*.parquet"))
-    if not files:
-        return pd.DataFrame()
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    return frame.drop_duplicates("video_id", keep="last").sort_values("video_id", ignore_index=True)
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically (temporary name, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -119,8 +119,13 @@ def read_parts(folder: Path) -> list[tuple[str, pa.Table]]:
     return parts
 
 
-def concat_tables(tables: Sequence[pa.Table]) -> pa.Table:
-    return pa.concat_tables(tables, promote_options="default")
+def concat_tables(
+    tables: Sequence[pa.Table], *, promote: Literal["default", "permissive"] = "default"
+) -> pa.Table:
+    """One table of ``tables``, their schemas unified: a column missing from a part, or null-typed
+    in it (all its values None), takes the other parts' type; ``"permissive"`` also widens
+    numbers (int64 and double -> double)."""
+    return pa.concat_tables(tables, promote_options=promote)
 
 
 def newest_rows(parts: Sequence[tuple[str, pa.Table]]) -> tuple[list[pa.Table], dict[str, str]]:
@@ -160,8 +165,12 @@ def write_json(path: Path, info: dict[str, Any]) -> None:
 
 
 class PartsFolder:
-    """A folder described by one JSON file and holding Parquet parts: an evaluation run here,
-    a faces folder in ``batch``."""
+    """A folder described by one JSON file and holding Parquet parts: an evaluation run and an
+    attack run (:mod:`evaluation.attack_runs`) here, a faces folder in ``batch``.
+
+    The helpers below work on one folder of parts whose rows are keyed by ``video_id`` (the
+    newest part wins per video); a subclass names its folders and its row rules.
+    """
 
     #: The folder's JSON description, and what the folder is called in errors.
     INFO_FILE: ClassVar[str]
@@ -169,6 +178,35 @@ class PartsFolder:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._part_seq = itertools.count()
+
+    def new_part_name(self) -> str:
+        """The name of the next part this object writes (:func:`part_name`)."""
+        return part_name(next(self._part_seq))
+
+    def write_table_part(self, folder: Path, table: pa.Table, name: str | None = None) -> str:
+        """Write ``table`` as part ``name`` (default: a new name) of ``folder``, atomically;
+        returns the name."""
+        name = name or self.new_part_name()
+        write_table(table, folder / f"{name}.parquet")
+        return name
+
+    @staticmethod
+    def remove_temporaries(*folders: Path) -> None:
+        """Remove the ``*.tmp`` files a session that stopped mid-write left in ``folders``."""
+        for folder in folders:
+            for tmp in folder.glob("*.tmp"):
+                tmp.unlink()
+
+    @staticmethod
+    def newest_table(
+        folder: Path, *, promote: Literal["default", "permissive"] = "default"
+    ) -> tuple[pa.Table | None, dict[str, str]]:
+        """The rows of ``folder``'s parts that are the newest of their video (unsorted; None when
+        there is no part), and ``video_id -> winning part``."""
+        parts = read_parts(folder)
+        kept, winner = newest_rows(parts)
+        return (concat_tables(kept, promote=promote) if parts else None), winner
 
     @property
     def info_file(self) -> Path:
@@ -198,14 +236,11 @@ class RunFolder(PartsFolder):
         super().__init__(root)
         self.predictions_dir = self.root / PREDICTIONS_DIR
         self.faces_dir = self.root / FACES_DIR
-        self._seq = itertools.count()
 
     def clean(self) -> None:
         """Remove leftovers of a session that stopped mid-write: temporary files, and face parts
         whose prediction part never landed (predictions are renamed into place last)."""
-        for folder in (self.predictions_dir, self.faces_dir):
-            for tmp in folder.glob("*.tmp"):
-                tmp.unlink()
+        self.remove_temporaries(self.predictions_dir, self.faces_dir)
         written = {p.stem for p in self.predictions_dir.glob("part-*.parquet")}
         for part in self.faces_dir.glob("part-*.parquet"):
             if part.stem not in written:
@@ -213,17 +248,14 @@ class RunFolder(PartsFolder):
 
     def write_part(self, predictions: pa.Table, faces: pa.Table | None) -> str:
         """Write one part (faces first, predictions last, each atomically); returns its name."""
-        name = part_name(next(self._seq))
+        name = self.new_part_name()
         if faces is not None and faces.num_rows:
-            write_table(faces, self.faces_dir / f"{name}.parquet")
-        write_table(predictions, self.predictions_dir / f"{name}.parquet")
-        return name
+            self.write_table_part(self.faces_dir, faces, name)
+        return self.write_table_part(self.predictions_dir, predictions, name)
 
     def _latest(self) -> tuple[pa.Table | None, dict[str, str]]:
         """All prediction rows, newest part first per video, and ``video_id -> winning part``."""
-        parts = read_parts(self.predictions_dir)
-        kept, winner = newest_rows(parts)
-        return (concat_tables(kept) if parts else None), winner
+        return self.newest_table(self.predictions_dir)
 
     def predictions(self) -> pa.Table | None:
         """One row per video (the newest when a video was written twice), sorted by video_id;
@@ -244,11 +276,16 @@ class RunFolder(PartsFolder):
 
     def finished_ids(self, *, retry_errors: bool = False) -> set[str]:
         """Videos a new session skips: every written row, or only the error-free ones."""
-        table = self.predictions()
-        if table is None:
-            return set()
-        ids = table.column("video_id").to_pylist()
-        if not retry_errors:
-            return set(ids)
-        errors = table.column("error").to_pylist()
-        return {v for v, e in zip(ids, errors, strict=True) if e is None}
+        return finished_ids_of(self.predictions(), retry_errors=retry_errors)
+
+
+def finished_ids_of(table: pa.Table | None, *, retry_errors: bool) -> set[str]:
+    """The ``video_id`` of every row of ``table``, or (``retry_errors``) of the rows whose
+    ``error`` is null: the videos a new session skips."""
+    if table is None:
+        return set()
+    ids = table.column("video_id").to_pylist()
+    if not retry_errors or "error" not in table.column_names:
+        return set(ids)
+    errors = table.column("error").to_pylist()
+    return {v for v, e in zip(ids, errors, strict=True) if e is None}

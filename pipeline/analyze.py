@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
 import tempfile
 import time
@@ -31,13 +30,11 @@ from pipeline import gallery
 from pipeline.aggregate import argmax_or_none, max_or_none
 from pipeline.artefacts import ArtefactSink
 from pipeline.download import fetch
-from pipeline.errors import CorruptMediaError, MissingFileError, TooLargeError
-from pipeline.faces import Detection, crop, square_box
-from pipeline.media import MediaInfo, iter_frames, load_image, probe
+from pipeline.errors import MissingFileError
+from pipeline.faces import Detection
+from pipeline.media import MediaInfo, load_image
 from pipeline.model_access import PipelineModels
 from pipeline.result import (
-    ClusterResult,
-    FaceResult,
     Methods,
     ModelInfo,
     Result,
@@ -45,9 +42,18 @@ from pipeline.result import (
     SourceInfo,
 )
 from pipeline.sampling import FramePlan, KeyFrame, SampledFace, ShotSamples
-from pipeline.segment import Segmentation, Shot, segment_features
+from pipeline.segment import Segmentation, Shot
 from pipeline.settings import AnalysisSettings
-from pipeline.shot_scoring import ShotFinisher, finish_shot
+from pipeline.shot_scoring import ShotFinisher, finish_shot, image_shot
+from pipeline.steps import (
+    cut_face,
+    image_methods,
+    plan_frames,
+    planned_frames,
+    probe_media,
+    segment_video,
+    video_methods,
+)
 from pipeline.version import __version__
 
 __all__ = ["STAGES", "AnalysisSettings", "Analyzer", "ProgressFn", "is_url", "load_analyzer"]
@@ -86,12 +92,6 @@ class _Run:
 
 def is_url(source: str) -> bool:
     return "://" in source[:16]
-
-
-def _batched(items: Iterator[T], n: int) -> Iterator[list[T]]:
-    """``itertools.batched`` (Python 3.12+) for 3.11."""
-    while batch := list(itertools.islice(items, n)):
-        yield batch
 
 
 class Analyzer:
@@ -152,16 +152,9 @@ class Analyzer:
         return self._result(path, url, info, shots, frames_sampled, methods, run)
 
     def _probe(self, path: Path, run: _Run) -> MediaInfo:
-        """What the file is (from its bytes); a video over the duration limit is refused."""
         run.report("probing", 0, 0)
         with run.timer("probe"):
-            info = probe(path, max_pixels=self.settings.max_pixels)
-        if info.kind == "video" and (info.duration_s or 0) > self.settings.download.max_duration_s:
-            raise TooLargeError(
-                f"video lasts {info.duration_s:.0f} s, over the limit of "
-                f"{self.settings.download.max_duration_s:.0f} s"
-            )
-        return info
+            return probe_media(path, self.settings)
 
     def _result(
         self,
@@ -198,13 +191,7 @@ class Analyzer:
         )
 
     def _crop(self, frame: np.ndarray, det: Detection) -> np.ndarray:
-        """The face's crop at the margin the scoring members need (their largest; the paper's
-        1.3 for its five and for MesoNet), which each member narrows to its own."""
-        margin = self.models.crop_margin
-        box = det.box
-        if margin != self.settings.faces.margin:
-            box = square_box(det.raw_box, frame.shape[1], frame.shape[0], margin)
-        return gallery.thumbnail(crop(frame, box), self.settings.crop_max_side)[0]
+        return cut_face(frame, det, self.models.crop_margin, self.settings)
 
     # -- images ------------------------------------------------------------------------------
 
@@ -219,41 +206,14 @@ class Analyzer:
         run.report("scoring", 0, 1)
         with run.timer("scoring"):
             pred = self.models.score_faces(crops)
-        clusters = []
-        for i, det in enumerate(detections):
-            face = FaceResult(
-                frame_index=0,
-                time_s=0.0,
-                box=det.box,
-                detection_confidence=round(det.confidence, 6),
-                score=float(pred.probability[i]),
-                member_scores=pred.member_dict(i),
-            )
-            clusters.append(ClusterResult(id=i, score=face.score, faces=[face]))
-        shot = ShotResult(
-            index=0,
-            start_s=0.0,
-            end_s=0.0,
-            score=max_or_none([c.score for c in clusters]),
-            sampled_frames=1,
-            faces_detected=len(detections),
-            clusters=clusters,
-        )
-        shot.label = self.settings.bands.label(shot.score)
+        shot = image_shot(detections, pred, self.settings)
         if self.settings.galleries:
             with run.timer("gallery"):
                 gallery.write_image_pictures(
                     run.sink, run.prefix, image, shot, crops, self.settings.gallery_max_side
                 )
         run.report("scoring", 1, 1)
-        methods = Methods(
-            segmentation="none (image)",
-            face_detector=self.models.face_detector_name,
-            tracking_cues=["none (image: each face is its own track)"],
-            aggregation="face -> medium (max)",
-            sample_rate_hz=None,
-            max_frames_per_shot=1,
-        )
+        methods = image_methods(self.models)
         return [shot], 1, methods
 
     # -- videos ------------------------------------------------------------------------------
@@ -262,56 +222,22 @@ class Analyzer:
         self, path: Path, info: MediaInfo, run: _Run
     ) -> tuple[list[ShotResult], int, Methods]:
         """Paper 3.1 for a video: shots, then per shot faces, tracks, scores and aggregation."""
-        fps = info.fps or 25.0
-        segmentation, frames_segmented = self._segment(path, info, fps, run)
-        plan = FramePlan.for_shots(segmentation.shots, fps, self.settings.faces.max_frames_per_shot)
-        cues: list[str] = ["iou", "embedding"] if self.models.has_embedder else ["iou"]
+        segmentation, frames_segmented = self._segment(path, info, run)
+        plan = plan_frames(segmentation, info, self.settings)
         shots, frames_sampled = self._shots(path, segmentation.shots, plan, run)
-        methods = Methods(
-            segmentation=segmentation.method,
-            face_detector=self.models.face_detector_name,
-            tracking_cues=cues,
-            sample_rate_hz=self.settings.segmentation.sample_fps,
-            max_frames_per_shot=self.settings.faces.max_frames_per_shot,
-        )
+        methods = video_methods(self.models, self.settings, segmentation.method)
         return shots, frames_sampled + frames_segmented, methods
 
-    def _segment(
-        self, path: Path, info: MediaInfo, fps: float, run: _Run
-    ) -> tuple[Segmentation, int]:
-        """Pass 1: region descriptors at 1 fps, cut into shots; returns the frames it decoded.
-
-        Runs to the real end of the stream whatever the header says (iter_frames stops there);
-        only the descriptors are kept.
-        """
-        s = self.settings
-        rate = s.segmentation.sample_fps
-        expected = int((info.duration_s or 0) * rate) + 1
-        times: list[float] = []
-        features: list[np.ndarray] = []
-        last_time = 0.0
-        run.report("segmenting", 0, expected)
+    def _segment(self, path: Path, info: MediaInfo, run: _Run) -> tuple[Segmentation, int]:
+        """Pass 1 (:func:`pipeline.steps.segment_video`), timed and reported."""
         with run.timer("segmentation"):
-            stream = iter_frames(
-                path, (k / rate for k in itertools.count()), max_pixels=s.max_pixels
+            return segment_video(
+                self.models,
+                self.settings,
+                path,
+                info,
+                lambda done, total: run.report("segmenting", done, total),
             )
-            for batch in _batched(stream, s.segmentation.batch_size):
-                features.extend(self.models.region_features([f.image for f in batch]))
-                times.extend(f.time_s for f in batch)
-                last_time = batch[-1].time_s
-                run.report("segmenting", len(times), max(expected, len(times)))
-            if not times:
-                raise CorruptMediaError(f"{path.name}: no video frame could be decoded")
-            duration = max(info.duration_s or 0.0, last_time + 1.0 / fps)
-            segmentation = segment_features(
-                times,
-                features,
-                duration,
-                self.models.segmentation_method,
-                s.segmentation,
-                self.models.segmentation_threshold,
-            )
-        return segmentation, len(times)
 
     def _shots(
         self, path: Path, shots: list[Shot], plan: FramePlan, run: _Run
@@ -331,8 +257,7 @@ class Analyzer:
             finish_shot, self.models, s, sink=run.sink, prefix=run.prefix, timer=run.timer
         )
         with ShotFinisher(finish, samples, s.shot_workers, run.report) as finisher:
-            for frame in iter_frames(path, plan.times, max_pixels=s.max_pixels):
-                shot_idx = plan.shot_of(frame.time_s)
+            for shot_idx, frame in planned_frames(path, plan, s):
                 if shot_idx != current:
                     self._detect_faces(pending, samples, run)
                     for idx in range(current, shot_idx):

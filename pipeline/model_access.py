@@ -9,24 +9,32 @@ results.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 
 from pipeline.faces import Detection, FaceDetector, FaceSettings
 from pipeline.models import Ensemble, EnsemblePrediction, InferenceSettings, MemberInfo
+from pipeline.models.ensemble import context_margin, expected_infos
 from pipeline.models.manifest import resolve_model_dir
+from pipeline.models.spec import PAPER_CROP_MARGIN
 from pipeline.segment import RegionFeatureExtractor, SegmentSettings, build_extractor
 from pipeline.tracks import FaceEmbedder
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Optional weights looked up in ``<model dir>/aux/`` (paper 3.1: ResNet50 for segmentation,
 #: InceptionResnetV1/VGGFace2 for face embeddings). Absent files select the weight-free methods.
 RESNET50_FILE = "resnet50.pt"
 FACENET_FILE = "inception_resnet_v1_vggface2.pt"
+
+#: What :meth:`LocalModels.load` can load: shot-boundary features, the face detector, the face
+#: embedder (when its weights are installed) and the ensemble.
+ModelPart = Literal["features", "faces", "embedder", "ensemble"]
+ALL_PARTS: frozenset[ModelPart] = frozenset({"features", "faces", "embedder", "ensemble"})
 
 
 class PipelineModels(Protocol):
@@ -69,20 +77,27 @@ class LocalModels:
 
     def __init__(
         self,
-        extractor: RegionFeatureExtractor,
-        detector: FaceDetector,
-        ensemble: Ensemble,
+        extractor: RegionFeatureExtractor | None,
+        detector: FaceDetector | None,
+        ensemble: Ensemble | None,
         embedder: FaceEmbedder | None = None,
+        *,
+        crop_margin: float | None = None,
+        ensemble_name: str | None = None,
     ) -> None:
+        """Any part may be absent (a stage of a distributed run loads only the ones it calls;
+        calling an absent one raises). Without the ensemble, ``crop_margin`` and
+        ``ensemble_name`` say what it would be."""
         self.extractor = extractor
         self.detector = detector
         self.ensemble = ensemble
         self.embedder = embedder
-        self.segmentation_method = extractor.name
-        self.segmentation_threshold = extractor.cut_threshold
+        self.segmentation_method = extractor.name if extractor else ""
+        self.segmentation_threshold = extractor.cut_threshold if extractor else 0.0
         self.has_embedder = embedder is not None
-        self.crop_margin = ensemble.crop_margin
-        self.ensemble_name = ensemble.name
+        margin = ensemble.crop_margin if ensemble else crop_margin
+        self.crop_margin = PAPER_CROP_MARGIN if margin is None else margin
+        self.ensemble_name = ensemble.name if ensemble else (ensemble_name or "")
 
     @classmethod
     def load(
@@ -91,23 +106,35 @@ class LocalModels:
         faces: FaceSettings | None = None,
         segmentation: SegmentSettings | None = None,
         embedder_weights: Path | None = None,
+        *,
+        parts: Collection[ModelPart] = ALL_PARTS,
     ) -> LocalModels:
+        """Load ``parts`` (default: all) for these settings. The embedder is loaded only when
+        its weights are installed (``<model dir>/aux/``); without it tracks use box overlap."""
         inference = inference or InferenceSettings()
         segmentation = segmentation or SegmentSettings()
         aux = resolve_model_dir(inference.model_dir).root / "aux"
-        seg_weights = segmentation.weights_path or aux / RESNET50_FILE
-        extractor = build_extractor(segmentation.method, seg_weights)
-        embed_path = embedder_weights or aux / FACENET_FILE
-        embedder = FaceEmbedder(embed_path) if embed_path.is_file() else None
-        if embedder is None:
-            log.info("no face-embedding weights at %s: tracks use box continuity only", embed_path)
-        return cls(extractor, FaceDetector(faces), Ensemble.load(inference), embedder)
+        extractor = None
+        if "features" in parts:
+            seg_weights = segmentation.weights_path or aux / RESNET50_FILE
+            extractor = build_extractor(segmentation.method, seg_weights)
+        embedder = None
+        if "embedder" in parts:
+            embed_path = embedder_weights or aux / FACENET_FILE
+            embedder = FaceEmbedder(embed_path) if embed_path.is_file() else None
+            if embedder is None:
+                log.info("no face-embedding weights at %s: tracks use box continuity", embed_path)
+        detector = FaceDetector(faces) if "faces" in parts else None
+        if "ensemble" in parts:
+            return cls(extractor, detector, Ensemble.load(inference), embedder)
+        margin = context_margin(expected_infos(inference))
+        return cls(extractor, detector, None, embedder, crop_margin=margin)
 
     def region_features(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self.extractor(frames)
+        return _loaded(self.extractor, "features")(frames)
 
     def detect_faces(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
-        return self.detector.detect(frames)
+        return _loaded(self.detector, "faces").detect(frames)
 
     def embed_faces(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if self.embedder is None:
@@ -115,10 +142,16 @@ class LocalModels:
         return self.embedder.embed(crops)
 
     def score_faces(self, crops: Sequence[np.ndarray]) -> EnsemblePrediction:
-        return self.ensemble.predict(crops)
+        return _loaded(self.ensemble, "ensemble").predict(crops)
 
     def model_infos(self) -> list[MemberInfo]:
-        return self.ensemble.infos
+        return _loaded(self.ensemble, "ensemble").infos
 
     def warnings(self) -> list[str]:
-        return self.ensemble.warnings()
+        return _loaded(self.ensemble, "ensemble").warnings()
+
+
+def _loaded(part: T | None, name: ModelPart) -> T:
+    if part is None:
+        raise RuntimeError(f"the {name} part is not loaded in this process")
+    return part

@@ -12,17 +12,22 @@ ever held at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
+
+import numpy as np
 
 from pipeline import gallery
 from pipeline.aggregate import max_or_none, track_score
 from pipeline.artefacts import ArtefactSink
+from pipeline.faces import Detection
 from pipeline.memory import release_free_memory
 from pipeline.model_access import PipelineModels
+from pipeline.models import EnsemblePrediction
 from pipeline.result import ClusterResult, FaceResult, ShotResult
-from pipeline.sampling import ShotSamples
+from pipeline.sampling import SampledFace, ShotSamples
+from pipeline.segment import Shot
 from pipeline.settings import AnalysisSettings
 from pipeline.tracks import TrackFace, Tracks, build_tracks
 
@@ -40,49 +45,48 @@ def finish_shot(
 ) -> ShotResult:
     """Tracks, scores, aggregation and pictures for one shot; releases its crops."""
     s = settings
-    shot, faces = samples.shot, samples.faces
-    result = ShotResult(
-        index=shot.index,
-        start_s=round(shot.start_s, 4),
-        end_s=round(shot.end_s, 4),
-        sampled_frames=len(samples.frames),
-        faces_detected=len(faces),
-        clusters=[],
-    )
-    if faces:
+    faces = samples.faces
+    n_frames = len(samples.frames)
+    if not faces:
+        tracks = Tracks([])
+        result = shot_result(samples.shot, n_frames, faces, tracks, [], None, s)
+        score_of: dict[int, float] = {}
+    else:
         with timer("tracks"):
-            tracks = _tracks(models, settings, samples)
-        score_of = _score_tracks(models, samples, tracks.clusters, result, timer)
-        result.dropped_clusters = len(tracks.dropped)
-        result.score = max_or_none([c.score for c in result.clusters])
-        if s.galleries:
-            with timer("gallery"):
-                gallery.write_shot_pictures(
-                    sink,
-                    prefix,
-                    samples,
-                    tracks.clusters,
-                    result,
-                    score_of,
-                    s.gallery_max_tiles,
-                    s.collage_max_tiles,
-                )
-    result.label = s.bands.label(result.score)
-    if s.galleries and result.gallery is None and samples.frames:
+            crops = [f.crop for f in faces]
+            embeddings = models.embed_faces(crops) if models.has_embedder else None
+            tracks = link_tracks(faces, n_frames, s, embeddings)
+        kept = kept_faces(tracks)
+        with timer("scoring"):
+            pred = models.score_faces([faces[i].crop for i in kept])
+        result = shot_result(samples.shot, n_frames, faces, tracks, kept, pred, s)
+        score_of = {i: float(pred.probability[j]) for j, i in enumerate(kept)}
+    if s.galleries and (faces or samples.frames):
         with timer("gallery"):
             gallery.write_shot_pictures(
-                sink, prefix, samples, [], result, {}, s.gallery_max_tiles, s.collage_max_tiles
+                sink,
+                prefix,
+                samples,
+                tracks.clusters,
+                result,
+                score_of,
+                s.gallery_max_tiles,
+                s.collage_max_tiles,
             )
     return result
 
 
-def _tracks(models: PipelineModels, settings: AnalysisSettings, samples: ShotSamples) -> Tracks:
-    """The shot's faces linked into tracks; too short ones are dropped."""
-    faces = samples.faces
-    embeddings = models.embed_faces([f.crop for f in faces]) if models.has_embedder else None
+def link_tracks(
+    faces: Sequence[SampledFace],
+    n_frames: int,
+    settings: AnalysisSettings,
+    embeddings: np.ndarray | None,
+) -> Tracks:
+    """A shot's faces (found on ``n_frames`` sampled frames) linked into tracks; too short ones
+    are dropped. ``embeddings``: one row per face when a face embedder is installed."""
     return build_tracks(
         [TrackFace(f.frame_pos, f.detection.box) for f in faces],
-        max(len(samples.frames), 1),
+        max(n_frames, 1),
         embeddings,
         sim_threshold=settings.sim_threshold,
         iou_threshold=settings.iou_threshold,
@@ -90,39 +94,73 @@ def _tracks(models: PipelineModels, settings: AnalysisSettings, samples: ShotSam
     )
 
 
-def _score_tracks(
-    models: PipelineModels,
-    samples: ShotSamples,
-    clusters: list[list[int]],
-    result: ShotResult,
-    timer: StageTimer,
-) -> dict[int, float]:
-    """Score the faces of the kept tracks and append the tracks to ``result.clusters``, each
-    scored with the mean of its faces. Returns the score of each kept face by its index."""
-    faces = samples.faces
-    kept = [i for cluster in clusters for i in cluster]
-    with timer("scoring"):
-        pred = models.score_faces([faces[i].crop for i in kept])
-    score_of = {i: float(pred.probability[j]) for j, i in enumerate(kept)}
-    members_of = {i: pred.member_dict(j) for j, i in enumerate(kept)}
-    for cid, cluster in enumerate(clusters):
-        face_results = [
-            FaceResult(
-                frame_index=faces[i].frame_index,
-                time_s=round(faces[i].time_s, 4),
-                box=faces[i].detection.box,
-                detection_confidence=round(faces[i].detection.confidence, 6),
-                score=score_of[i],
-                member_scores=members_of[i],
+def kept_faces(tracks: Tracks) -> list[int]:
+    """Indices of the faces the ensemble scores: those of the kept tracks, track by track."""
+    return [i for cluster in tracks.clusters for i in cluster]
+
+
+def shot_result(
+    shot: Shot,
+    n_frames: int,
+    faces: Sequence[SampledFace],
+    tracks: Tracks,
+    kept: Sequence[int],
+    pred: EnsemblePrediction | None,
+    settings: AnalysisSettings,
+) -> ShotResult:
+    """Paper 3.1 for one shot: each kept track scored with the mean of its faces, the shot with
+    the max over its tracks. ``pred`` holds the scores of the ``kept`` faces, in that order."""
+    result = ShotResult(
+        index=shot.index,
+        start_s=round(shot.start_s, 4),
+        end_s=round(shot.end_s, 4),
+        sampled_frames=n_frames,
+        faces_detected=len(faces),
+        clusters=[],
+        dropped_clusters=len(tracks.dropped),
+    )
+    if pred is not None:
+        position = {i: j for j, i in enumerate(kept)}
+        for cid, cluster in enumerate(tracks.clusters):
+            face_results = [
+                FaceResult(
+                    frame_index=faces[i].frame_index,
+                    time_s=round(faces[i].time_s, 4),
+                    box=faces[i].detection.box,
+                    detection_confidence=round(faces[i].detection.confidence, 6),
+                    score=float(pred.probability[position[i]]),
+                    member_scores=pred.member_dict(position[i]),
+                )
+                for i in cluster
+            ]
+            result.clusters.append(
+                ClusterResult(
+                    id=cid, score=track_score([f.score for f in face_results]), faces=face_results
+                )
             )
-            for i in cluster
-        ]
-        result.clusters.append(
-            ClusterResult(
-                id=cid, score=track_score([f.score for f in face_results]), faces=face_results
-            )
-        )
-    return score_of
+    result.score = max_or_none([c.score for c in result.clusters])
+    result.label = settings.bands.label(result.score)
+    return result
+
+
+def image_tracks(n_faces: int) -> Tracks:
+    """An image's "tracks": each face its own (paper 3.1: an image's score is the max over its
+    faces)."""
+    return Tracks([[i] for i in range(n_faces)])
+
+
+def image_shot(
+    detections: Sequence[Detection], pred: EnsemblePrediction, settings: AnalysisSettings
+) -> ShotResult:
+    """An image as one shot of one frame whose tracks are its faces; ``pred`` scores them all."""
+    faces = [SampledFace(0, 0, 0.0, d, _NO_CROP) for d in detections]
+    kept = list(range(len(faces)))
+    return shot_result(IMAGE_SHOT, 1, faces, image_tracks(len(faces)), kept, pred, settings)
+
+
+#: The one shot of an image.
+IMAGE_SHOT = Shot(0, 0.0, 0.0)
+_NO_CROP = np.zeros((0, 0, 3), np.uint8)
 
 
 class ShotFinisher:

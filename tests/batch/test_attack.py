@@ -18,11 +18,12 @@ from PIL import Image
 from pydantic import ValidationError
 from torch import nn
 
-from batch.attack import AttackRunSettings, AttackSettings, FaceAttacker, run_attack
+from batch.attack import AttackRunSettings, AttackSettings, FaceAttacker, _gpu_share, run_attack
 from batch.attack_model import TwoClassLogits, crafting_module
 from batch.attack_video import video_score
+from batch.config import StageSettings
 from batch.datasets import VideoRow, read_dataset
-from evaluation.attack_runs import read_config, read_scores
+from evaluation.attack_runs import AttackFolder, read_config, read_scores
 from evaluation.metrics import balanced_accuracy
 from pipeline.analyze import AnalysisSettings
 from pipeline.errors import ConfigError
@@ -282,7 +283,7 @@ def run_settings(model_dir: Path, **attack: Any) -> AttackRunSettings:
         ),
         attack=AttackSettings(**{"max_iter": 1, **attack}),
         examples=2,
-        flush_every=2,
+        flush_rows=2,
     )
 
 
@@ -390,6 +391,77 @@ def test_run_in_process_matches_evaluation_and_resumes(
         run_attack(rows, out, run_settings(model_dir, eps=0.1), dataset="t", use_ray=False)
 
 
+def test_attack_folder_reads_the_newest_part_per_video_and_cleans_up(tmp_path: Path) -> None:
+    """The run folder without any attack: parts, retries, error rows, nullable columns, PNGs."""
+    folder = AttackFolder(tmp_path / "run")
+    assert folder.rows() is None and folder.finished_ids() == set()
+    assert read_scores(folder.root).empty
+    # A first part whose error row has every score column all None (the null type) ...
+    folder.write_part(
+        [
+            {"video_id": "b", "clean_score": None, "n_faces": None, "error": "corrupt"},
+            {"video_id": "c", "clean_score": None, "n_faces": None, "error": "lost"},
+        ]
+    )
+    # ... and a later one with typed values (ints and floats in one column) and a column the
+    # first part lacks; the retry of "b" wins over its error row.
+    png = b"\x89PNG fake"
+    example = folder.write_example(
+        {
+            "video_id": "b",
+            "clean_score": 0.25,
+            "n_faces": 2,
+            "error": None,
+            "example_clean_png": png,
+            "example_perturbation_png": png,
+            "example_attacked_png": png,
+        }
+    )
+    assert example["example"] is not None and "example_clean_png" not in example
+    plain = folder.write_example({"video_id": "a", "clean_score": 1, "n_faces": 1, "error": None})
+    assert plain["example"] is None
+    folder.write_part([example, plain])
+    assert folder.finished_ids() == {"a", "b", "c"}
+    assert folder.finished_ids(retry_errors=True) == {"a", "b"}
+    table = folder.rows()
+    assert table is not None
+    assert table.column("video_id").to_pylist() == ["a", "b", "c"]
+    assert table.column("clean_score").to_pylist() == [1.0, 0.25, None]
+    assert table.column("n_faces").to_pylist() == [1, 2, None]
+    assert table.column("example").to_pylist() == [None, example["example"], None]
+    for kind in ("clean", "perturbation", "attacked"):
+        assert (folder.root / f"{example['example']}-{kind}.png").read_bytes() == png
+    frame = read_scores(folder.root)
+    assert list(frame["video_id"]) == ["a", "b", "c"] and pd.isna(frame["clean_score"][2])
+    # scores.parquet: the same rows; temporaries of a stopped session are removed.
+    scores = folder.consolidate()
+    assert pd.read_parquet(scores).equals(frame)
+    leftovers = [
+        folder.parts_dir / "part-x.parquet.tmp",
+        folder.examples_dir / "y.png.1.tmp",
+        folder.root / "scores.parquet.tmp",
+    ]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    folder.clean()
+    assert not any(p.exists() for p in leftovers)
+    assert len(list(folder.parts_dir.glob("part-*.parquet"))) == 2
+
+
+def test_attack_settings_use_the_ray_run_names() -> None:
+    settings = AttackRunSettings()
+    assert settings.attackers == StageSettings(actors=1, num_cpus=0.5, num_gpus=0.0)
+    assert (settings.flush_rows, settings.flush_s, settings.torch_threads) == (8, 60.0, 1)
+    assert (settings.max_task_retries, settings.retry_errors) == (1, False)
+    with pytest.raises(ValidationError):
+        AttackRunSettings.model_validate({"num_cpus_per_actor": 1.0})
+    # num_gpus None: an even share of the cluster's GPUs, at most one per actor.
+    share = StageSettings(actors=4, num_gpus=None)
+    assert (_gpu_share(share, 2.0), _gpu_share(share, 0.0)) == (0.5, 0.0)
+    assert _gpu_share(StageSettings(actors=1, num_gpus=None), 2.0) == 1.0
+    assert _gpu_share(settings.attackers, 8.0) == 0.0
+
+
 def test_attacked_scores_are_aggregated_like_the_clean_run() -> None:
     structure = [[[0, 1], [2]], [[3, 4, 5]]]
     scores = np.array([0.2, 0.4, 0.1, 0.9, 0.6, 0.3])
@@ -415,13 +487,18 @@ def test_ray_run_matches_the_evaluation_run(
         f"{shared_data / 'MANIFEST.csv'},0,csv/not_media\n"
     )
     rows = read_dataset("csv", manifest)
-    settings = run_settings(model_dir).model_copy(update={"actors": 2, "num_cpus_per_actor": 0.5})
+    settings = run_settings(model_dir).model_copy(
+        update={"attackers": StageSettings(actors=2, num_cpus=0.5, num_gpus=0.0)}
+    )
     outcome = run_attack(rows, tmp_path / "attack", settings, dataset="csv", root=manifest)
     assert (outcome.processed, outcome.errors) == (3, 1)
     evaluation = run_evaluation(
         EvaluationConfig(
             dataset="csv", root=manifest, out=tmp_path / "eval", analysis=settings.analysis,
-            actors=1, per_face=False,
+            per_face=False,
+            # One shot per ensemble call, as the attack (and the in-process analysis) scores
+            # them: batching shots of several videos changes the float rounding.
+            score=StageSettings(batch_size=1),
         )
     )  # fmt: skip
     assert evaluation.processed == 3

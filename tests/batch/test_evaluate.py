@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +17,7 @@ import pyarrow as pa
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from batch.config import EvaluationConfig
+from batch.config import EvaluationConfig, StageSettings
 from batch.datasets import VideoRow, read_dataset
 from batch.evaluate import analysis_digest, run_evaluation, score_sequentially
 from evaluation.metrics import aggregate_to_video
@@ -72,7 +74,6 @@ def config_for(model_dir: Path, dataset: str, root: Path, out: Path, **kw: Any) 
         root=root,
         out=out,
         analysis=settings_for(model_dir),
-        actor_num_gpus=0.0,
         **kw,
     )
 
@@ -223,7 +224,7 @@ def test_ffpp_run_is_resumable(
 ) -> None:
     root = build_ffpp(tmp_path / "ffpp", shared_data)
     out = tmp_path / "run"
-    config = config_for(model_dir, "ffpp", root, out, actors=2, flush_rows=2)
+    config = config_for(model_dir, "ffpp", root, out, flush_rows=2)
     rows = read_dataset("ffpp", root)
     assert len(rows) == 6
 
@@ -281,7 +282,9 @@ def test_wdf_sequences_skip_detection(
 ) -> None:
     fixture = build_wdf(tmp_path / "wdf", shared_data)
     out = tmp_path / "run"
-    summary = run_evaluation(config_for(model_dir, "wdf", fixture.root, out, actors=1))
+    # One sequence chunk per ensemble call, as the reference below scores them.
+    config = config_for(model_dir, "wdf", fixture.root, out, score=StageSettings(batch_size=1))
+    summary = run_evaluation(config)
     assert (summary.processed, summary.errors, summary.no_face) == (6, 0, 0)
     folder = RunFolder(out)
     records = _records(folder)
@@ -337,7 +340,9 @@ def csv_run(
     ]
     manifest = base / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
-    config = config_for(model_dir, "csv", manifest, base / "run", actors=2)
+    # One shot per ensemble call, as the in-process analysis scores them: the staged run must
+    # then give its numbers exactly (test_killed_score_actor... batches across videos).
+    config = config_for(model_dir, "csv", manifest, base / "run", score=StageSettings(batch_size=1))
     summary = run_evaluation(config)
     assert (summary.total, summary.processed) == (8, 8)
     assert (summary.errors, summary.no_face) == (1, 1)
@@ -363,16 +368,91 @@ def test_corrupt_video_is_an_error_row(csv_run: tuple[EvaluationConfig, list[Vid
 
 
 @pytest.mark.ray
-def test_actor_pool_equals_a_plain_loop(csv_run: tuple[EvaluationConfig, list[VideoRow]]) -> None:
+def test_staged_run_equals_the_in_process_analysis(
+    csv_run: tuple[EvaluationConfig, list[VideoRow]],
+) -> None:
+    """The stages give what ``dfd analyze``'s code gives in one process (:class:`RowScorer`):
+    an FF++ clip, a talking-head video, a DFDC frame and a face sequence, every video and face
+    score and count."""
     config, rows = csv_run
     records = _records(RunFolder(config.out))
-    chosen = [r for r in rows if r.path.endswith(("liveportrait_d0.mp4", "seq"))]
+    faces = RunFolder(config.out).faces()
+    assert faces is not None
+    chosen = [
+        r
+        for r in rows
+        if r.path.endswith(("liveportrait_d0.mp4", "ffpp_c23_004_982.mp4", "fr0.jpg", "seq"))
+    ]
+    assert len(chosen) == 4
     with one_thread():
         plain = score_sequentially(config, chosen)
     for scored in plain:
-        row = records[scored.prediction["video_id"]]
+        vid = scored.prediction["video_id"]
+        row = records[vid]
+        for column in ("n_faces", "n_faces_detected", "n_tracks", "n_shots", "frames_sampled"):
+            assert row[column] == scored.prediction[column], (vid, column)
         assert row["score"] == pytest.approx(scored.prediction["score"], abs=1e-6)
-        assert row["n_faces"] == scored.prediction["n_faces"]
+        for m in MEMBERS:
+            expected = scored.prediction[member_column(m)]
+            assert row[member_column(m)] == pytest.approx(expected, abs=1e-6)
+        staged = sorted(
+            (f["shot"], f["track"], f["frame_index"], f["score"])
+            for f in faces.to_pylist()
+            if f["video_id"] == vid
+        )
+        reference = sorted(
+            (f["shot"], f["track"], f["frame_index"], f["score"]) for f in scored.faces
+        )
+        assert [f[:3] for f in staged] == [f[:3] for f in reference]
+        assert [f[3] for f in staged] == pytest.approx([f[3] for f in reference], abs=1e-6)
+
+
+@pytest.mark.ray
+def test_killed_score_actor_loses_no_video(
+    csv_run: tuple[EvaluationConfig, list[VideoRow]], tmp_path: Path
+) -> None:
+    """Kill an ensemble actor's process mid-run: Ray restarts it and retries its batch; every
+    video gets exactly one row. The run batches shots of several videos per call, so scores may
+    differ from one-shot-per-call scoring by float rounding (amplified by the test members'
+    large heads)."""
+    import psutil
+
+    config, rows = csv_run
+    chosen = [r for r in rows if not r.path.endswith(("coffee.png", "truncated.mp4"))]
+    staged = config.model_copy(
+        update={
+            "out": tmp_path / "killed",
+            "detect": StageSettings(batch_size=4),
+            "score": StageSettings(batch_size=16),
+        }
+    )
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(summary=run_evaluation(staged, rows=chosen))
+    )
+    runner.start()
+    killed = False
+    deadline = time.monotonic() + 240
+    while runner.is_alive() and not killed and time.monotonic() < deadline:
+        time.sleep(2)
+        for proc in psutil.process_iter(["cmdline"]):
+            if "ScoreStage" in " ".join(proc.info["cmdline"] or []):  # "ray::...(ScoreStage)"
+                proc.kill()  # the actor's worker process dies, as on a crash
+                killed = True
+                break
+    runner.join(timeout=600)
+    assert killed, "no ScoreStage actor was seen alive"
+    summary = outcome["summary"]
+    assert (summary.processed, summary.errors) == (len(chosen), 0)
+    table = RunFolder(staged.out).predictions()
+    assert table is not None
+    ids = table.column("video_id").to_pylist()
+    assert sorted(ids) == sorted(r.video_id for r in chosen)  # none lost, none twice
+    reference = _records(RunFolder(config.out))
+    for row in table.to_pylist():
+        expected = reference[row["video_id"]]
+        assert (row["n_faces"], row["n_shots"]) == (expected["n_faces"], expected["n_shots"])
+        assert row["score"] == pytest.approx(expected["score"], abs=1e-2)
 
 
 @pytest.mark.ray
@@ -442,9 +522,7 @@ def test_serve_reuse_gives_the_actor_pool_predictions(
     serve.run(build_app(service), name=APP_NAME, route_prefix="/")
     try:
         chosen = [r for r in rows if not r.path.endswith(("coffee.png", "truncated.mp4"))][:4]
-        remote = config.model_copy(
-            update={"out": tmp_path / "served", "serve_app": APP_NAME, "actors": 1}
-        )
+        remote = config.model_copy(update={"out": tmp_path / "served", "serve_app": APP_NAME})
         summary = run_evaluation(remote, rows=chosen)
         assert (summary.processed, summary.errors) == (len(chosen), 0)
     finally:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from batch.config import StageSettings
 from batch.datasets import VideoRow, read_dataset
 from batch.faces import ExtractionSummary, FaceExtractionConfig, extract_faces
 from batch.faces_extractor import assign_split
@@ -199,7 +200,9 @@ def test_execution_settings_may_change(
     local_run: tuple[FaceExtractionConfig, ExtractionSummary],
 ) -> None:
     config, _ = local_run
-    other = config.model_copy(update={"actors": 3, "limit": 2, "flush_rows": 1})
+    other = config.model_copy(
+        update={"extractors": StageSettings(actors=3), "limit": 2, "flush_rows": 1}
+    )
     summary = extract_faces(other, rows=read_dataset("csv", config.root)[:2], local=True)
     assert (summary.skipped, summary.processed) == (2, 0)
 
@@ -217,7 +220,9 @@ def test_ray_actor_pool_equals_local(
 ) -> None:
     local, _ = local_run
     rows = [r for r in read_dataset("csv", local.root) if r.video_id != "v/ffpp_c23_634.mp4"]
-    config = local.model_copy(update={"out": tmp_path / "ray", "actors": 2, "flush_rows": 2})
+    config = local.model_copy(
+        update={"out": tmp_path / "ray", "extractors": StageSettings(actors=2), "flush_rows": 2}
+    )
     summary = extract_faces(config, rows=rows)
     assert (summary.processed, summary.errors) == (4, 1)
     assert len(list((config.out / "parts").glob("part-*.parquet"))) >= 2

@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 import pytest
 
-from batch.config import EvaluationConfig
+from batch.config import EvaluationConfig, StageSettings
 from batch.datasets import VideoRow
 from batch.evaluate import run_evaluation
 from evaluation.runs import RunFolder
@@ -266,9 +266,10 @@ def test_batch_evaluation_spreads_its_actors_over_the_nodes(
         root=tmp_path,
         out=tmp_path / "run",
         analysis=analysis_settings(ray_cluster.model_dir),
-        actors=NODES,
-        actor_num_cpus=0.25,
-        actor_num_gpus=0.05,
+        decode=StageSettings(num_cpus=0.25),
+        detect=StageSettings(actors=NODES, num_cpus=0.25, num_gpus=0.05),
+        # One shot per call, so that every ensemble actor gets work (the node column is its).
+        score=StageSettings(actors=NODES, num_cpus=0.25, num_gpus=0.05, batch_size=1),
     )
     summary = run_evaluation(config, rows=rows)
     assert (summary.processed, summary.errors) == (len(rows), 0)

@@ -146,7 +146,8 @@ def test_summary_figures_are_those_of_the_rows(runs: dict[str, Path]) -> None:
     faces = frame["n_faces"].to_numpy()
     assert summary.n_faces == faces.sum() == 3
     assert summary.linf == pytest.approx((frame["linf_mean"] * faces).sum() / faces.sum())
-    assert 0 < summary.linf <= 0.2 + 1e-6 and summary.psnr is not None and summary.ssim < 1
+    assert summary.linf is not None and summary.psnr is not None and summary.ssim is not None
+    assert 0 < summary.linf <= 0.2 + 1e-6 and summary.ssim < 1
     assert summary.untrained_members == []
     assert summary.kind == "pgd" and summary.attack.startswith("PGD norm-inf eps 0.2")
 
