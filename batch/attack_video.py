@@ -28,7 +28,7 @@ from PIL import Image
 from batch.attack_config import AttackRunSettings
 from batch.attack_faces import FaceAttacker, FaceAttackOutput
 from batch.datasets import VideoRow, iter_face_sequence
-from batch.execution import batched, error_fields, resolve_devices, row_fields
+from batch.execution import error_fields, resolve_devices, row_fields
 from evaluation.image_metrics import amplify
 from evaluation.runs import SEQUENCE_CHUNK
 from pipeline.aggregate import max_or_none, track_score
@@ -39,6 +39,7 @@ from pipeline.model_access import LocalModels
 from pipeline.models import EnsemblePrediction, MemberInfo
 from pipeline.models.ensemble import combine
 from pipeline.result import Result
+from pipeline.steps import batched
 
 log = logging.getLogger(__name__)
 

@@ -113,3 +113,8 @@ class EvaluationConfig(DatasetRunConfig, RayRunSettings):
     def model_actors(self) -> int:
         """Actors that may take a GPU share (face detection and the ensemble)."""
         return self.detect.actors + self.score.actors
+
+    def reserved_cpus(self) -> float:
+        """Logical CPUs the stages' actors reserve, plus one face-tracks task."""
+        pools = (self.decode, self.detect, self.score)
+        return sum(p.actors * p.num_cpus for p in pools) + self.tracks_num_cpus

@@ -50,7 +50,7 @@ from batch.scoring import RowScorer, ScoredRow
 from batch.stages import DecodeStage, DetectStage, ScoreStage, from_table, link_tracks_batch
 from evaluation.runs import RUN_FILE, RunFolder, face_schema, prediction_schema
 from pipeline.errors import ConfigError, DfdError
-from pipeline.models.ensemble import context_margin, expected_infos, models_digest, pin_ensemble
+from pipeline.models.ensemble import expected_infos, models_digest, pin_ensemble
 from pipeline.version import __version__
 
 if TYPE_CHECKING:
@@ -230,26 +230,31 @@ def run_evaluation(
     return summary
 
 
-def _crop_margin(config: EvaluationConfig) -> float:
-    """The margin faces are cut at: the members' largest (read without loading a model)."""
-    if config.serve_app is not None:
-        return serve_models(config.serve_app).crop_margin
-    return context_margin(expected_infos(config.analysis.inference))
-
-
 def _stages(config: EvaluationConfig, items: list[dict[str, Any]]) -> Iterator[pa.Table]:
     """The staged pipeline of :mod:`batch.stages` over ``items``: its output blocks as they
-    come (order not kept; tasks are keyed by video and part)."""
+    come (order not kept; tasks are keyed by video and part).
+
+    Raises:
+        ConfigError: the stages' actors reserve more CPUs than the cluster has (every actor of
+            a pool must start, so such a run would wait forever).
+    """
     import ray
 
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    if config.reserved_cpus() > cpus:
+        raise ConfigError(
+            f"the stages reserve {config.reserved_cpus():g} CPUs (actors x CPUs per actor, plus "
+            f"{config.tracks_num_cpus:g} for face tracks) but the Ray cluster has {cpus:g}: "
+            "lower --actors, --decode-actors or --cpus-per-actor"
+        )
     config_json = config.model_dump_json()
     ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
 
-    def actors(udf: type, stage: StageSettings, gpus: float, **kwargs: Any) -> None:
+    def actors(udf: type, stage: StageSettings, gpus: float) -> None:
         nonlocal ds
         ds = ds.map_batches(
             udf,
-            fn_constructor_kwargs={"config_json": config_json, **kwargs},
+            fn_constructor_kwargs={"config_json": config_json},
             batch_size=stage.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=stage.actors),
@@ -264,8 +269,7 @@ def _stages(config: EvaluationConfig, items: list[dict[str, Any]]) -> Iterator[p
         # retried forever (Ray Data's default is -1).
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         actors(DecodeStage, config.decode.model_copy(update={"batch_size": 1}), 0.0)
-        actors(DetectStage, config.detect, _gpu_share(config, config.detect),
-               crop_margin=_crop_margin(config))  # fmt: skip
+        actors(DetectStage, config.detect, _gpu_share(config, config.detect))
         ds = ds.map_batches(
             link_tracks_batch,
             fn_kwargs={"settings_json": config.analysis.model_dump_json()},
@@ -298,8 +302,10 @@ def _execute(
         if predictions:
             names = assembler.member_names
             table = pa.Table.from_pylist(predictions, schema=prediction_schema(names))
-            face_table = pa.Table.from_pylist(faces, schema=face_schema(names))
-            folder.write_part(table, face_table if config.per_face else None)
+            face_table = None
+            if config.per_face:
+                face_table = pa.Table.from_pylist(faces, schema=face_schema(names))
+            folder.write_part(table, face_table)
         predictions.clear()
         faces.clear()
 
@@ -316,7 +322,8 @@ def _execute(
                 if scored is None:
                     continue
                 predictions.append(scored.prediction)
-                faces.extend(scored.faces)
+                if config.per_face:
+                    faces.extend(scored.faces)
                 _count(summary, scored.prediction)
                 if progress is not None:
                     progress(summary.processed, len(todo), time.perf_counter() - started)
@@ -326,7 +333,8 @@ def _execute(
             ):
                 flush()
     flush()
-    lost = [r for r in todo if r.video_id in set(assembler.unfinished())]
+    unfinished = set(assembler.unfinished())
+    lost = [r for r in todo if r.video_id in unfinished]
     if lost:
         names = list(assembler.member_names)
         if not names:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
 import os
 import socket
 import warnings
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from batch.datasets import VideoRow
 from evaluation.runs import WORKER_LOST, PartsFolder
@@ -21,8 +20,6 @@ from pipeline.errors import DfdError
 
 if TYPE_CHECKING:
     from pipeline.analyze import AnalysisSettings
-
-T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -84,12 +81,6 @@ def actor_pool_batches(
                 max_task_retries=max_task_retries,
             )
         yield from ds.iter_batches(batch_size=None, batch_format=batch_format)
-
-
-def batched(items: Iterator[T], n: int) -> Iterator[list[T]]:
-    """Lists of up to ``n`` items (bounds memory on long face sequences)."""
-    while batch := list(itertools.islice(items, n)):
-        yield batch
 
 
 def rss_mb() -> float:

@@ -36,10 +36,11 @@ from pydantic import Field
 
 from batch.config import DatasetRunConfig, RayRunSettings, StageSettings
 from batch.datasets import VideoRow, iter_face_sequence
-from batch.execution import batched, error_fields, row_fields, row_from_item, worker_id
+from batch.execution import error_fields, row_fields, row_from_item, worker_id
 from batch.faces_folder import ERROR, FACE, FACE_SCHEMA, NO_FACE, encode_crop
 from pipeline.errors import CorruptMediaError, DfdError
 from pipeline.faces import FaceSettings
+from pipeline.steps import batched
 from pipeline.version import __version__
 
 if TYPE_CHECKING:

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.datasets import VideoRow, iter_face_sequence
-from batch.execution import batched, error_fields, row_fields, rss_mb, worker_id
+from batch.execution import error_fields, row_fields, rss_mb, worker_id
 from evaluation.runs import SEQUENCE_CHUNK, member_column
 from pipeline.aggregate import max_or_none, track_score
 from pipeline.errors import DfdError
 from pipeline.memory import release_free_memory
 from pipeline.models.ensemble import models_digest
+from pipeline.steps import batched
 from pipeline.version import __version__
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from batch.datasets import iter_face_sequence
-from batch.execution import batched, error_fields, row_from_item, rss_mb, worker_id
+from batch.execution import error_fields, resolve_devices, row_from_item, rss_mb, worker_id
 from evaluation.runs import SEQUENCE_CHUNK
 from pipeline.errors import DfdError
 from pipeline.memory import release_free_memory
@@ -48,6 +48,14 @@ from pipeline.shot_scoring import (
     kept_faces,
     link_tracks,
     shot_result,
+)
+from pipeline.steps import (
+    batched,
+    cut_face,
+    plan_frames,
+    planned_frames,
+    probe_media,
+    segment_video,
 )
 from pipeline.tracks import Tracks
 
@@ -148,10 +156,10 @@ def from_table(table: pa.Table) -> list[ShotTask]:
 
 
 def _stage_models(config: EvaluationConfig, parts: set[ModelPart]) -> PipelineModels:
-    """The models a stage calls: only ``parts`` loaded here, or the Serve application's."""
+    """The models a stage calls: only ``parts`` loaded here, or the Serve application's
+    (``config``: devices already resolved in this process, :func:`_config`)."""
     import torch
 
-    from batch.execution import resolve_devices
     from batch.models import serve_models
     from pipeline.model_access import LocalModels
 
@@ -159,16 +167,15 @@ def _stage_models(config: EvaluationConfig, parts: set[ModelPart]) -> PipelineMo
         torch.set_num_threads(config.torch_threads)
     if config.serve_app is not None:
         return serve_models(config.serve_app)
-    a = resolve_devices(config.analysis)
+    a = config.analysis
     return LocalModels.load(a.inference, a.faces, a.segmentation, a.embedder_weights, parts=parts)
 
 
 def _config(config_json: str) -> EvaluationConfig:
+    """A stage's settings, ``device="auto"`` resolved for this process."""
     from batch.config import EvaluationConfig
 
     config = EvaluationConfig.model_validate_json(config_json)
-    from batch.execution import resolve_devices
-
     return config.model_copy(update={"analysis": resolve_devices(config.analysis)})
 
 
@@ -218,7 +225,6 @@ class DecodeStage:
 
     def _tasks(self, item: dict[str, Any]) -> Iterator[ShotTask]:
         from pipeline.media import load_image
-        from pipeline.steps import plan_frames, planned_frames, probe_media, segment_video
 
         s = self.settings
         row = row_from_item(item)
@@ -270,10 +276,9 @@ class DetectStage:
     """Ray Data actor: the faces on every frame of a batch of shots, several videos per call
     (the detector batches frames of equal size together); frames in, face crops out."""
 
-    def __init__(self, config_json: str, crop_margin: float) -> None:
+    def __init__(self, config_json: str) -> None:
         self.config = _config(config_json)
         self.settings = self.config.analysis
-        self.crop_margin = crop_margin
         self.models = _stage_models(self.config, {"faces", "embedder"})
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -287,15 +292,13 @@ class DetectStage:
         return to_table(tasks)
 
     def _detect(self, tasks: Sequence[ShotTask]) -> None:
-        from pipeline.steps import cut_face
-
         frames = [f for t in tasks for f in t.frames]
         detections = iter(self.models.detect_faces([f[2] for f in frames]))
         for task in tasks:
             faces: list[SampledFace] = []
             for pos, (index, time_s, image) in enumerate(task.frames):
                 for det in next(detections):
-                    crop = cut_face(image, det, self.crop_margin, self.settings)
+                    crop = cut_face(image, det, self.models.crop_margin, self.settings)
                     faces.append(SampledFace(pos, index, time_s, det, crop))
             task.n_frames, task.frames, task.faces = len(task.frames), [], faces
             if task.kind == "video" and faces and self.models.has_embedder:

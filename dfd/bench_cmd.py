@@ -182,7 +182,9 @@ def evaluate(
     model_dir: ModelDirOpt = None,
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
-    actors: Annotated[int, typer.Option(help="Model actors in the pool.")] = 2,
+    actors: Annotated[
+        int, typer.Option(help="Actors of each model stage (detection, ensemble).")
+    ] = 1,
     cpus_per_actor: Annotated[float, typer.Option(help="Logical CPUs per actor.")] = 0.5,
     max_frames: Annotated[int, typer.Option(help="Frames per shot for faces.")] = 16,
     sequential: Annotated[bool, typer.Option(help="Also time the plain loop.")] = True,

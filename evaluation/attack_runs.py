@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from evaluation.runs import PartsFolder, finished_ids_of, write_table
+from evaluation.runs import PartsFolder, finished_ids_of, write_bytes, write_table
 from pipeline.errors import ConfigError, MissingFileError
 
 if TYPE_CHECKING:
@@ -160,7 +159,7 @@ class AttackFolder(PartsFolder):
             name = slug(str(record["video_id"]))
             for column, data in pngs.items():
                 suffix = column.removeprefix("example_").removesuffix("_png")
-                _write_bytes(self.examples_dir / f"{name}-{suffix}.png", data)
+                write_bytes(self.examples_dir / f"{name}-{suffix}.png", data)
             record["example"] = f"{EXAMPLES_DIR}/{name}"
         return record
 
@@ -237,11 +236,3 @@ def read_scores(out: Path) -> pd.DataFrame:
 def slug(video_id: str) -> str:
     digest = hashlib.sha1(video_id.encode()).hexdigest()[:8]
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', video_id)[-80:]}-{digest}"
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write a file atomically (temporary name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -156,12 +156,17 @@ def write_table(table: pa.Table, path: Path) -> None:
     tmp.replace(path)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically (temporary name in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def write_json(path: Path, info: dict[str, Any]) -> None:
     """Write a folder's JSON description atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_bytes(path, (json.dumps(info, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 class PartsFolder:

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.faces import Detection, FaceDetector, FaceSettings
 from pipeline.models import Ensemble, EnsemblePrediction, InferenceSettings, MemberInfo
-from pipeline.models.ensemble import context_margin, expected_infos
+from pipeline.models.ensemble import context_margin, resolve_ensemble
 from pipeline.models.manifest import resolve_model_dir
 from pipeline.models.spec import PAPER_CROP_MARGIN
 from pipeline.segment import RegionFeatureExtractor, SegmentSettings, build_extractor
@@ -127,8 +127,15 @@ class LocalModels:
         detector = FaceDetector(faces) if "faces" in parts else None
         if "ensemble" in parts:
             return cls(extractor, detector, Ensemble.load(inference), embedder)
-        margin = context_margin(expected_infos(inference))
-        return cls(extractor, detector, None, embedder, crop_margin=margin)
+        _, name, specs = resolve_ensemble(inference)  # the manifest only: no network, no hashing
+        return cls(
+            extractor,
+            detector,
+            None,
+            embedder,
+            crop_margin=context_margin(specs),
+            ensemble_name=name,
+        )
 
     def region_features(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         return _loaded(self.extractor, "features")(frames)

@@ -277,6 +277,18 @@ def test_ffpp_run_is_resumable(
 
 
 @pytest.mark.ray
+def test_stages_that_cannot_all_start_are_refused(
+    ray_local: None, model_dir: Path, tmp_path: Path, shared_data: Path
+) -> None:
+    """Every actor of a pool must start: reserving more CPUs than the cluster has (4 here) is a
+    clear error, not a run that waits forever."""
+    root = build_ffpp(tmp_path / "ffpp", shared_data)
+    config = config_for(model_dir, "ffpp", root, tmp_path / "run", score=StageSettings(actors=8))
+    with pytest.raises(ConfigError, match=r"reserve 5\.25 CPUs"):
+        run_evaluation(config)
+
+
+@pytest.mark.ray
 def test_wdf_sequences_skip_detection(
     ray_local: None, model_dir: Path, tmp_path: Path, shared_data: Path
 ) -> None:
