@@ -9,7 +9,9 @@ side by side in one Parquet file. The layout of the code:
 * :mod:`batch.attack_config`: :class:`AttackRunSettings` (analysis, attack, Ray layout).
 * :mod:`batch.attack_model`: the detector as ART sees it (two-class logits, the scorer).
 * :mod:`batch.attack_faces`: :class:`FaceAttacker`, a batch of face crops attacked and re-scored.
-* :mod:`batch.attack_video`: one dataset row attacked (:class:`VideoAttacker`), and its Ray actor.
+* :mod:`batch.attack_video`: one dataset row attacked in this process (:class:`VideoAttacker`),
+  and the aggregation of attacked faces into a row that both kinds of run share.
+* :mod:`batch.attack_stage`: the attack stage of a Ray run and the driver's row assembly.
 * this module: the driver, :func:`run_attack`.
 
 Beyond the paper, each by option and each recorded in the run's ``attack.json``:
@@ -23,15 +25,17 @@ Beyond the paper, each by option and each recorded in the run's ``attack.json``:
   detectors' input, scored on clean and on attacked crops (the attacker does not know about
   it): clean accuracy lost versus attacked accuracy regained.
 
-Runs are Ray Data jobs (``map_batches`` over an actor pool, one row per call) writing Parquet part
-files as results stream in (every ``flush_rows`` rows or ``flush_s`` seconds); a rerun skips rows
-already written (``retry_errors`` retries failed ones); ``attackers`` sizes the actor pool.
-Per-row failures become error rows, never a neutral score.
+On Ray, a run streams through the evaluation run's stages (:mod:`batch.stream`: decoding, face
+detection and face tracks sized by ``decode`` and ``detect``), whose last stage is the attack
+(``attackers``: an actor pool attacking the faces of ``attackers.batch_size`` shots, of several
+videos, per call); the driver assembles one row per video and writes Parquet part files as rows
+complete (every ``flush_rows`` rows or ``flush_s`` seconds); a rerun skips rows already written
+(``retry_errors`` retries failed ones). A failure at any stage becomes its row's error, never a
+neutral score; a row whose worker died on every retry is a ``worker-lost`` error row.
 
 The run folder's layout, the attack's settings and the reading rules belong to
 :mod:`evaluation.attack_runs` (the robustness report reads runs from there); the helpers every
-Ray Data run shares (the actor pool, error fields, devices, chunking) are in
-:mod:`batch.execution`.
+Ray Data run shares (error fields, devices, sessions) are in :mod:`batch.execution`.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +53,11 @@ import numpy as np
 
 from batch.attack_config import AttackRunSettings
 from batch.attack_faces import FaceAttacker
-from batch.attack_video import AttackActor, row_columns
-from batch.config import StageSettings
+from batch.attack_stage import AttackAssembler, AttackStage
+from batch.attack_video import VideoAttacker, row_columns
 from batch.datasets import VideoRow
-from batch.execution import actor_pool_batches, worker_lost_fields
+from batch.execution import worker_lost_fields
+from batch.stream import stream_tasks
 from evaluation.attack_runs import AttackFolder, AttackSettings, check_or_write_config
 from pipeline.errors import ConfigError
 from pipeline.models.ensemble import expected_infos, pin_ensemble
@@ -171,7 +176,7 @@ def run_attack(
         settings: analysis, attack and actor-pool settings.
         dataset: dataset name written in every row (the report groups by it).
         root: dataset root, recorded in ``attack.json``.
-        use_ray: False runs the same actor class in this process (no Ray), e.g. for debugging.
+        use_ray: False attacks row by row in this process (no Ray), e.g. for debugging.
         progress: ``progress(done, total)`` after each row.
 
     Raises:
@@ -197,26 +202,24 @@ def run_attack(
     ]
     writer = _RowWriter(folder, settings.flush_rows, settings.flush_s)
     report = progress or (lambda done, total: None)
-    settings_json = settings.model_dump_json()
+    done = 0
 
-    def consume(frames: Iterable[Any]) -> None:
-        done = 0
-        for frame in frames:
-            for record in frame.to_dict("records"):
-                writer.add({k: _plain(v) for k, v in record.items()})
-                done += 1
-                report(skipped + done, len(rows))
-        writer.flush()
+    def add(record: dict[str, Any]) -> None:
+        nonlocal done
+        writer.add({k: _plain(v) for k, v in record.items()})
+        done += 1
+        report(skipped + done, len(rows))
 
     if items and not use_ray:
-        actor = AttackActor(settings_json)
-        consume(actor(_frame(item)) for item in items)
+        attacker = VideoAttacker.load(settings)
+        for item, row in zip(items, todo, strict=True):
+            add(attacker.process(row, dataset, bool(item["example"])))
     elif items:
-        consume(_ray_stream(items, settings, settings_json))
+        _stream(items, settings, add)
         for row in todo:
             if row.video_id not in writer.ids:
                 writer.add(_lost_row(row, dataset))
-        writer.flush()
+    writer.flush()
     scores = folder.consolidate()
     return AttackRunOutcome(
         out=out,
@@ -249,12 +252,6 @@ def _model_records(settings: AttackRunSettings) -> list[dict[str, Any]]:
     return [{k: getattr(i, k) for k in keys} for i in infos]
 
 
-def _frame(item: dict[str, Any]) -> Any:
-    import pandas as pd
-
-    return pd.DataFrame([item])
-
-
 def _plain(value: Any) -> Any:
     """pandas/numpy scalars -> Python values; NaN -> None (missing, not a number)."""
     if isinstance(value, np.generic):
@@ -270,30 +267,16 @@ def _lost_row(row: VideoRow, dataset: str) -> dict[str, Any]:
     return {**row_columns(row, dataset), **worker_lost_fields("attacking")}
 
 
-def _ray_stream(
-    items: list[dict[str, Any]], settings: AttackRunSettings, settings_json: str
-) -> Iterator[Any]:
-    """Result frames as the actor pool produces them (order not kept; rows are keyed by id)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
-    pool = settings.attackers
-    yield from actor_pool_batches(
-        items,
-        AttackActor,
-        {"settings_json": settings_json},
-        batch_format="pandas",
-        actors=pool.actors,
-        num_cpus=pool.num_cpus,
-        num_gpus=_gpu_share(pool, float(ray.cluster_resources().get("GPU", 0.0))) or None,
-        max_task_retries=settings.max_task_retries,
-    )
-
-
-def _gpu_share(pool: StageSettings, cluster_gpus: float) -> float:
-    """Each attack actor's GPU share: the configured one, or (``num_gpus`` None) an even share of
-    the cluster's GPUs among the actors, at most one each (0 without GPUs)."""
-    if pool.num_gpus is not None:
-        return pool.num_gpus
-    return min(1.0, cluster_gpus / pool.actors) if cluster_gpus else 0.0
+def _stream(
+    items: list[dict[str, Any]],
+    settings: AttackRunSettings,
+    add: Callable[[dict[str, Any]], None],
+) -> None:
+    """The staged run: the evaluation's first stages, the attack stage, rows assembled here."""
+    by_id = {str(item["video_id"]): item for item in items}
+    assembler = AttackAssembler(by_id, settings.attack.threshold)
+    attack_json = settings.attack.model_dump_json()
+    for task in stream_tasks(settings, items, AttackStage, {"attack_json": attack_json}):
+        record = assembler.add(task)
+        if record is not None:
+            add(record)

@@ -11,6 +11,7 @@ floats (not re-quantised to 8 bits), as in the paper.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,16 @@ class FaceAttackOutput:
     defended_attacked: np.ndarray | None = None
     #: The scoring members' weights (``(M,)``; None: equal).
     weights: np.ndarray | None = None
+
+    def rows(self, start: int, stop: int) -> FaceAttackOutput:
+        """The faces ``start:stop`` (one shot's, of a batch attacked across shots)."""
+
+        per_face = {
+            f.name: getattr(self, f.name)[start:stop]
+            for f in dataclasses.fields(self)
+            if f.name != "weights" and getattr(self, f.name) is not None
+        }
+        return dataclasses.replace(self, **per_face)
 
     def combined(self, member_probs: np.ndarray) -> np.ndarray:
         """``(N, M)`` member probabilities -> ``(N,)`` ensemble probability."""

@@ -6,7 +6,8 @@ keeps its clean scores, (ii) attacks each kept face crop, shot by shot, with
 :class:`batch.attack_faces.FaceAttacker`, (iii) re-scores the attacked crops with the same
 members and re-aggregates them by the same rule (track mean -> shot max -> video max), so clean
 and attacked video scores sit side by side in one row. Per-row failures become error rows, never
-a neutral score. :class:`AttackActor` is the Ray Data actor around it.
+a neutral score. Ray runs attack through the stages instead (:mod:`batch.attack_stage`),
+with the same aggregation (:func:`attack_fields`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ from pipeline.artefacts import MemorySink
 from pipeline.errors import DfdError
 from pipeline.model_access import LocalModels
 from pipeline.models import EnsemblePrediction, MemberInfo
-from pipeline.models.ensemble import combine
-from pipeline.result import Result
+from pipeline.result import ShotResult
 from pipeline.steps import batched
 
 log = logging.getLogger(__name__)
@@ -84,17 +84,47 @@ def row_columns(row: VideoRow, dataset: str) -> dict[str, Any]:
 
 
 @dataclass
-class _ShotRecord:
+class AttackedShot:
+    """The faces of one shot (or face-sequence chunk) scored and attacked, in track order:
+    scores, norms and query counts only (:meth:`of` drops the crops)."""
+
     clean: EnsemblePrediction
     out: FaceAttackOutput
+    #: Time spent attacking these faces (their share of a batch's).
+    seconds: float = 0.0
+
+    @classmethod
+    def of(
+        cls, clean: EnsemblePrediction, out: FaceAttackOutput, seconds: float = 0.0
+    ) -> AttackedShot:
+        # Keep scores and sizes only: the crops of every shot would grow with the video.
+        empty = np.zeros((0, 3, 0, 0), dtype=np.float32)
+        return cls(clean, dataclasses.replace(out, x_clean=empty, x_adv=empty), seconds)
 
 
 @dataclass
-class _Example:
+class AttackExample:
+    """A face shown in the report: the most suspicious clean face of its row, clean and
+    attacked (where an attack towards "real" matters most)."""
+
     clean_score: float
     attacked_score: float
     clean: np.ndarray  # (S, S, 3) float in [0, 1]
     adv: np.ndarray
+
+    @classmethod
+    def of(cls, pred: EnsemblePrediction, out: FaceAttackOutput) -> AttackExample:
+        """The most suspicious face of one attacked batch (the first of equals)."""
+        i = int(np.argmax(pred.probability))
+        return cls(
+            float(pred.probability[i]),
+            float(out.attacked_probability[i]),
+            out.x_clean[i].transpose(1, 2, 0).copy(),
+            out.x_adv[i].transpose(1, 2, 0).copy(),
+        )
+
+    def beats(self, other: AttackExample | None) -> bool:
+        return other is None or self.clean_score > other.clean_score
 
 
 class _AttackingModels:
@@ -111,8 +141,8 @@ class _AttackingModels:
         self.inner = inner
         self.attacker = attacker
         self.keep_example = keep_example
-        self.records: list[_ShotRecord] = []
-        self.example: _Example | None = None
+        self.records: list[AttackedShot] = []
+        self.example: AttackExample | None = None
         self.attack_seconds = 0.0
         self.segmentation_method = inner.segmentation_method
         self.segmentation_threshold = inner.segmentation_threshold
@@ -143,24 +173,11 @@ class _AttackingModels:
             out = self.attacker.attack_crops(crops, pred.member_probabilities)
             self.attack_seconds += time.perf_counter() - t0
             if self.keep_example:
-                self._consider_example(pred, out)
-            # Keep scores and sizes only: the crops of every shot would grow with the video.
-            empty = np.zeros((0, 3, 0, 0), dtype=np.float32)
-            self.records.append(
-                _ShotRecord(pred, dataclasses.replace(out, x_clean=empty, x_adv=empty))
-            )
+                example = AttackExample.of(pred, out)
+                if example.beats(self.example):
+                    self.example = example
+            self.records.append(AttackedShot.of(pred, out))
         return pred
-
-    def _consider_example(self, pred: EnsemblePrediction, out: FaceAttackOutput) -> None:
-        """Keep the most suspicious clean face: where an attack towards "real" matters most."""
-        i = int(np.argmax(pred.probability))
-        if self.example is None or pred.probability[i] > self.example.clean_score:
-            self.example = _Example(
-                float(pred.probability[i]),
-                float(out.attacked_probability[i]),
-                out.x_clean[i].transpose(1, 2, 0).copy(),
-                out.x_adv[i].transpose(1, 2, 0).copy(),
-            )
 
 
 #: Faces of a medium as shots -> tracks -> indices into the medium's face arrays.
@@ -176,14 +193,14 @@ def video_score(structure: Structure, face_scores: np.ndarray) -> float | None:
     return max_or_none(shots)
 
 
-def _structure(result: Result, records: Sequence[_ShotRecord]) -> Structure:
+def shot_structure(shots: Sequence[ShotResult], records: Sequence[AttackedShot]) -> Structure:
     """Match the analysis's tracks to the attacked shot batches, checking they line up.
 
-    Each shot with at least one track was scored in exactly one non-empty ``score_faces`` call,
-    in shot order, its faces in track order.
+    Each shot with at least one track was scored in exactly one non-empty batch, in shot
+    order, its faces in track order.
     """
     structure: Structure = []
-    shots = [shot for shot in result.shots if shot.clusters]
+    shots = [shot for shot in shots if shot.clusters]
     if len(shots) != len(records):
         raise RuntimeError(f"{len(shots)} scored shots but {len(records)} attacked face batches")
     offset = 0
@@ -219,8 +236,88 @@ def _member_column(prefix: str, name: str) -> str:
     return f"{prefix}_member__{name}"
 
 
+def attack_columns(member_names: Sequence[str]) -> list[str]:
+    """Every column of a result row, in order (error rows have them all, as None)."""
+    members = [
+        _member_column(prefix, name) for prefix in ("clean", "attacked") for name in member_names
+    ]
+    return [*ROW_COLUMNS, *RESULT_COLUMNS, *members, *EXAMPLE_COLUMNS, *TAIL_COLUMNS]
+
+
+def attack_row(
+    row: VideoRow,
+    dataset: str,
+    member_names: Sequence[str],
+    fields: dict[str, Any],
+    *,
+    attack_seconds: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """One result row: ``fields`` (:func:`attack_fields` and an example, or an error) in the
+    columns of :func:`attack_columns`."""
+    record: dict[str, Any] = dict.fromkeys(attack_columns(member_names))
+    record.update(row_columns(row, dataset))
+    record.update(fields)
+    record["attack_seconds"] = round(attack_seconds, 4)
+    record["seconds"] = round(seconds, 4)
+    return record
+
+
+def attack_fields(
+    structure: Structure,
+    records: Sequence[AttackedShot],
+    clean_score: float | None,
+    member_names: Sequence[str],
+    threshold: float,
+) -> dict[str, Any]:
+    """Clean and attacked scores of one row, aggregated as the clean run aggregates (paper
+    3.1), with face-level success counts and perturbation sizes. ``clean_score``: the
+    analysis's own video score (None: computed from ``structure``, as for face sequences)."""
+    n = sum(len(r.clean.probability) for r in records)
+    out: dict[str, Any] = {"n_faces": n, "n_tracks": sum(len(s) for s in structure)}
+    if n == 0:
+        out.update(clean_score=clean_score, attacked_score=None)
+        return out
+    cat = np.concatenate
+    clean_members = cat([r.clean.member_probabilities for r in records])
+    attacked_members = cat([r.out.attacked for r in records])
+    clean = cat([r.clean.probability for r in records])
+    combined = records[0].out.combined
+    attacked = combined(attacked_members)
+    fake_clean = clean >= threshold
+    out.update(
+        clean_score=clean_score if clean_score is not None else video_score(structure, clean),
+        attacked_score=video_score(structure, attacked),
+        face_clean_mean=float(clean.mean()),
+        face_attacked_mean=float(attacked.mean()),
+        n_faces_fake_clean=int(fake_clean.sum()),
+        n_faces_flipped=int((fake_clean & (attacked < threshold)).sum()),
+        queries_total=int(cat([r.out.queries for r in records]).sum()),
+    )
+    for key in ("l1", "l2", "linf", "psnr", "ssim"):
+        out[f"{key}_mean"] = _mean(cat([getattr(r.out, key) for r in records]))
+    out["n_unchanged"] = int((cat([r.out.linf for r in records]) == 0).sum())
+    for j, name in enumerate(member_names):
+        out[_member_column("clean", name)] = video_score(structure, clean_members[:, j])
+        out[_member_column("attacked", name)] = video_score(structure, attacked_members[:, j])
+    defended = [(r.out.defended_clean, r.out.defended_attacked) for r in records]
+    if all(c is not None and a is not None for c, a in defended):
+        d_clean = combined(cat([c for c, _ in defended]))
+        d_adv = combined(cat([a for _, a in defended]))
+        out["defended_clean_score"] = video_score(structure, d_clean)
+        out["defended_attacked_score"] = video_score(structure, d_adv)
+    return out
+
+
+def sequence_structure(n_faces: int) -> Structure:
+    """A face sequence (WildDeepfake) as the evaluation run scores it: one shot, one track."""
+    return [[list(range(n_faces))]] if n_faces else []
+
+
 class VideoAttacker:
-    """Attack one dataset row at a time with one set of loaded models (plain Python, no Ray)."""
+    """Attack one dataset row at a time with one set of loaded models (plain Python, no Ray):
+    the in-process run (``dfd attack --local``) and the reference the staged run is tested
+    against (:mod:`batch.attack_stage`)."""
 
     def __init__(self, models: LocalModels, settings: AttackRunSettings) -> None:
         if models.ensemble is None:
@@ -233,27 +330,23 @@ class VideoAttacker:
 
     @classmethod
     def load(cls, settings: AttackRunSettings) -> VideoAttacker:
-        a = settings.analysis
+        """Every model loaded in this process, on the resolved device, with the run's torch
+        threads."""
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        a = resolve_devices(settings.analysis)
         models = LocalModels.load(a.inference, a.faces, a.segmentation, a.embedder_weights)
-        return cls(models, settings)
+        return cls(models, settings.model_copy(update={"analysis": a}))
 
     @property
     def member_names(self) -> tuple[str, ...]:
         return self.ensemble.member_names
 
     def columns(self) -> list[str]:
-        """Every output column, in order (error rows have them all, as None)."""
-        members = [
-            _member_column(prefix, name)
-            for prefix in ("clean", "attacked")
-            for name in self.member_names
-        ]
-        return [*ROW_COLUMNS, *RESULT_COLUMNS, *members, *EXAMPLE_COLUMNS, *TAIL_COLUMNS]
+        return attack_columns(self.member_names)
 
     def process(self, row: VideoRow, dataset: str, with_example: bool = False) -> dict[str, Any]:
         """One output row: clean and attacked scores side by side, or an error row."""
-        record: dict[str, Any] = dict.fromkeys(self.columns())
-        record.update(row_columns(row, dataset))
         t0 = time.perf_counter()
         models = _AttackingModels(self.models, self.attacker, with_example)
         try:
@@ -263,20 +356,23 @@ class VideoAttacker:
             else:
                 analyzer = Analyzer(models, self.analysis)
                 result = analyzer.analyze_file(Path(row.path), MemorySink())
-                structure, n_shots = _structure(result, models.records), len(result.shots)
-                clean_score = result.score
-            fields = self._scores(structure, models, clean_score)
+                structure = shot_structure(result.shots, models.records)
+                n_shots, clean_score = len(result.shots), result.score
+            fields = attack_fields(
+                structure, models.records, clean_score, self.member_names,
+                self.settings.attack.threshold,
+            )  # fmt: skip
             fields["n_shots"] = n_shots
             if models.example is not None:
-                fields.update(_example_fields(models.example))
+                fields.update(example_fields(models.example))
         except Exception as exc:  # one row fails, never the actor
             if not isinstance(exc, DfdError):
                 log.error("row %s failed:\n%s", row.video_id, traceback.format_exc())
             fields = error_fields(exc)
-        record.update(fields)
-        record["attack_seconds"] = round(models.attack_seconds, 4)
-        record["seconds"] = round(time.perf_counter() - t0, 4)
-        return record
+        return attack_row(
+            row, dataset, self.member_names, fields,
+            attack_seconds=models.attack_seconds, seconds=time.perf_counter() - t0,
+        )  # fmt: skip
 
     def _face_sequence(self, row: VideoRow, models: _AttackingModels) -> Structure:
         """Pre-cropped faces (WildDeepfake), as the evaluation run scores them: every face of the
@@ -285,49 +381,10 @@ class VideoAttacker:
         for chunk in batched(iter_face_sequence(row), SEQUENCE_CHUNK):
             models.score_faces(chunk)
             n += len(chunk)
-        return [[list(range(n))]] if n else []
-
-    def _scores(
-        self, structure: Structure, models: _AttackingModels, clean_score: float | None
-    ) -> dict[str, Any]:
-        records = models.records
-        n = sum(len(r.clean.probability) for r in records)
-        out: dict[str, Any] = {"n_faces": n, "n_tracks": sum(len(s) for s in structure)}
-        if n == 0:
-            out.update(clean_score=clean_score, attacked_score=None)
-            return out
-        cat = np.concatenate
-        clean_members = cat([r.clean.member_probabilities for r in records])
-        attacked_members = cat([r.out.attacked for r in records])
-        clean = cat([r.clean.probability for r in records])
-        weights = self.ensemble.weights
-        attacked = combine(attacked_members, weights)
-        threshold = self.settings.attack.threshold
-        fake_clean = clean >= threshold
-        out.update(
-            clean_score=clean_score if clean_score is not None else video_score(structure, clean),
-            attacked_score=video_score(structure, attacked),
-            face_clean_mean=float(clean.mean()),
-            face_attacked_mean=float(attacked.mean()),
-            n_faces_fake_clean=int(fake_clean.sum()),
-            n_faces_flipped=int((fake_clean & (attacked < threshold)).sum()),
-            queries_total=int(cat([r.out.queries for r in records]).sum()),
-        )
-        for key in ("l1", "l2", "linf", "psnr", "ssim"):
-            out[f"{key}_mean"] = _mean(cat([getattr(r.out, key) for r in records]))
-        out["n_unchanged"] = int((cat([r.out.linf for r in records]) == 0).sum())
-        for j, name in enumerate(self.member_names):
-            out[_member_column("clean", name)] = video_score(structure, clean_members[:, j])
-            out[_member_column("attacked", name)] = video_score(structure, attacked_members[:, j])
-        if records[0].out.defended_clean is not None:
-            d_clean = combine(cat([r.out.defended_clean for r in records]), weights)
-            d_adv = combine(cat([r.out.defended_attacked for r in records]), weights)
-            out["defended_clean_score"] = video_score(structure, d_clean)
-            out["defended_attacked_score"] = video_score(structure, d_adv)
-        return out
+        return sequence_structure(n)
 
 
-def _example_fields(example: _Example) -> dict[str, Any]:
+def example_fields(example: AttackExample) -> dict[str, Any]:
     delta, factor = amplify(example.adv - example.clean)
     return {
         "example_clean_score": example.clean_score,
@@ -337,42 +394,3 @@ def _example_fields(example: _Example) -> dict[str, Any]:
         "example_perturbation_png": _png(delta),
         "example_attacked_png": _png((np.clip(example.adv, 0, 1) * 255.0 + 0.5).astype(np.uint8)),
     }
-
-
-class AttackActor:
-    """``map_batches`` callable: one :class:`VideoAttacker` per actor, reused for every row.
-
-    Input batches are pandas frames of :class:`VideoRow` fields plus ``dataset`` and ``example``;
-    output batches hold one result row per input row (see :meth:`VideoAttacker.columns`).
-    """
-
-    def __init__(self, settings_json: str) -> None:
-        settings = AttackRunSettings.model_validate_json(settings_json)
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
-        settings = settings.model_copy(update={"analysis": resolve_devices(settings.analysis)})
-        self.attacker = VideoAttacker.load(settings)
-
-    def __call__(self, batch: Any) -> Any:
-        import pandas as pd
-
-        out = []
-        for item in batch.to_dict("records"):
-            row = _row_from_record(item)
-            out.append(self.attacker.process(row, str(item["dataset"]), bool(item["example"])))
-        return pd.DataFrame(out, columns=self.attacker.columns())
-
-
-def _row_from_record(item: dict[str, Any]) -> VideoRow:
-    sequence = item.get("sequence")
-    if sequence is not None and not isinstance(sequence, str):  # pandas NaN for a missing value
-        sequence = None
-    return VideoRow(
-        str(item["video_id"]),
-        str(item["path"]),
-        int(item["label"]),
-        str(item["manipulation"]),
-        str(item["split"]),
-        str(item["kind"]),
-        sequence,
-    )

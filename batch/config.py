@@ -78,12 +78,12 @@ class RayRunSettings(BaseModel):
     retry_errors: bool = False
 
 
-class EvaluationConfig(DatasetRunConfig, RayRunSettings):
-    """Everything an evaluation run needs; stored as ``run.json`` inside the run folder
-    (``out``: ``run.json``, ``predictions/`` and ``faces/`` Parquet parts).
+class StagedRunSettings(RayRunSettings):
+    """What every run through the stages of :mod:`batch.stages` sets (evaluation, attack): the
+    method's settings and the first stages' sizes. Each run adds its last model stage
+    (:meth:`final_stage`: the ensemble for an evaluation, the attack for an attack run).
 
-    The run streams through the stages of :mod:`batch.stages`; ``decode``, ``detect`` and
-    ``score`` size them (the face tracks are plain tasks of ``tracks_num_cpus`` each).
+    The stages' actors receive only these fields (:meth:`stage_json`).
     """
 
     #: The method's settings (paper numbers); model directory, backend and device inside.
@@ -92,15 +92,9 @@ class EvaluationConfig(DatasetRunConfig, RayRunSettings):
     decode: StageSettings = Field(default_factory=lambda: StageSettings(actors=1))
     #: Face detection; ``batch_size`` shots per call (each up to 64 frames).
     detect: StageSettings = Field(default_factory=lambda: StageSettings(batch_size=2))
-    #: The ensemble; ``batch_size`` shots per call (their kept faces in one batch).
-    score: StageSettings = Field(default_factory=lambda: StageSettings(batch_size=16))
     tracks_num_cpus: float = Field(0.25, gt=0.0)
-    #: Write one Parquet row per scored face as well (needed for frame-level metrics).
-    per_face: bool = True
-    #: ``label_pred`` is 1 when ``score >= threshold``.
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
-    #: Score through the deployments of this running Serve application instead of actor-local
-    #: models (the serving replicas stay warm and are shared).
+    #: Reach the deployments of this running Serve application instead of actor-local models
+    #: (the serving replicas stay warm and are shared).
     serve_app: str | None = None
     #: Give memory freed by each batch back to the OS (glibc ``malloc_trim``): keeps a long
     #: run's workers flat instead of growing with heap fragmentation (measured: see
@@ -110,11 +104,39 @@ class EvaluationConfig(DatasetRunConfig, RayRunSettings):
     #: Decoded frames wait in the object store between decoding and detection; this caps them.
     object_store_mb: int | None = Field(None, ge=64)
 
+    def final_stage(self) -> StageSettings:
+        """The run's last model stage (after face tracks)."""
+        raise NotImplementedError
+
     def model_actors(self) -> int:
-        """Actors that may take a GPU share (face detection and the ensemble)."""
-        return self.detect.actors + self.score.actors
+        """Actors that may take a GPU share (face detection and the last stage)."""
+        return self.detect.actors + self.final_stage().actors
 
     def reserved_cpus(self) -> float:
         """Logical CPUs the stages' actors reserve, plus one face-tracks task."""
-        pools = (self.decode, self.detect, self.score)
+        pools = (self.decode, self.detect, self.final_stage())
         return sum(p.actors * p.num_cpus for p in pools) + self.tracks_num_cpus
+
+    def stage_json(self) -> str:
+        """The :class:`StagedRunSettings` fields alone, as the stages' actors read them."""
+        fields = set(StagedRunSettings.model_fields)
+        return StagedRunSettings.model_validate(self.model_dump(include=fields)).model_dump_json()
+
+
+class EvaluationConfig(DatasetRunConfig, StagedRunSettings):
+    """Everything an evaluation run needs; stored as ``run.json`` inside the run folder
+    (``out``: ``run.json``, ``predictions/`` and ``faces/`` Parquet parts).
+
+    The run streams through the stages of :mod:`batch.stages`; ``decode``, ``detect`` and
+    ``score`` size them (the face tracks are plain tasks of ``tracks_num_cpus`` each).
+    """
+
+    #: The ensemble; ``batch_size`` shots per call (their kept faces in one batch).
+    score: StageSettings = Field(default_factory=lambda: StageSettings(batch_size=16))
+    #: Write one Parquet row per scored face as well (needed for frame-level metrics).
+    per_face: bool = True
+    #: ``label_pred`` is 1 when ``score >= threshold``.
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+    def final_stage(self) -> StageSettings:
+        return self.score

@@ -27,8 +27,7 @@ import hashlib
 import json
 import logging
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +38,6 @@ import pyarrow as pa
 from batch.assemble import VideoAssembler
 from batch.datasets import VideoRow, read_dataset
 from batch.execution import (
-    data_context,
     record_session,
     resolve_devices,
     row_fields,
@@ -47,14 +45,15 @@ from batch.execution import (
 )
 from batch.models import build_models, serve_models
 from batch.scoring import RowScorer, ScoredRow
-from batch.stages import DecodeStage, DetectStage, ScoreStage, from_table, link_tracks_batch
+from batch.stages import ScoreStage
+from batch.stream import stream_tasks
 from evaluation.runs import RUN_FILE, RunFolder, face_schema, prediction_schema
 from pipeline.errors import ConfigError, DfdError
 from pipeline.models.ensemble import expected_infos, models_digest, pin_ensemble
 from pipeline.version import __version__
 
 if TYPE_CHECKING:
-    from batch.config import EvaluationConfig, StageSettings
+    from batch.config import EvaluationConfig
     from pipeline.analyze import AnalysisSettings
     from pipeline.model_access import PipelineModels
 
@@ -155,15 +154,6 @@ def _prepare(config: EvaluationConfig, folder: RunFolder) -> dict[str, Any]:
     return info
 
 
-def _gpu_share(config: EvaluationConfig, stage: StageSettings) -> float:
-    import ray
-
-    if stage.num_gpus is not None:
-        return stage.num_gpus
-    gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    return min(1.0, gpus / config.model_actors()) if gpus else 0.0
-
-
 def _lost_rows(rows: Sequence[VideoRow], dataset: str, member_names: Sequence[str]) -> pa.Table:
     """Error rows for videos whose worker died on every retry (they are not left unscored)."""
     now = datetime.now(UTC)
@@ -230,58 +220,6 @@ def run_evaluation(
     return summary
 
 
-def _stages(config: EvaluationConfig, items: list[dict[str, Any]]) -> Iterator[pa.Table]:
-    """The staged pipeline of :mod:`batch.stages` over ``items``: its output blocks as they
-    come (order not kept; tasks are keyed by video and part).
-
-    Raises:
-        ConfigError: the stages' actors reserve more CPUs than the cluster has (every actor of
-            a pool must start, so such a run would wait forever).
-    """
-    import ray
-
-    cpus = float(ray.cluster_resources().get("CPU", 0.0))
-    if config.reserved_cpus() > cpus:
-        raise ConfigError(
-            f"the stages reserve {config.reserved_cpus():g} CPUs (actors x CPUs per actor, plus "
-            f"{config.tracks_num_cpus:g} for face tracks) but the Ray cluster has {cpus:g}: "
-            "lower --actors, --decode-actors or --cpus-per-actor"
-        )
-    config_json = config.model_dump_json()
-    ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
-
-    def actors(udf: type, stage: StageSettings, gpus: float) -> None:
-        nonlocal ds
-        ds = ds.map_batches(
-            udf,
-            fn_constructor_kwargs={"config_json": config_json},
-            batch_size=stage.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=stage.actors),
-            num_cpus=stage.num_cpus,
-            num_gpus=gpus,
-            max_task_retries=config.max_task_retries,
-        )
-
-    with warnings.catch_warnings():
-        # Ray 2.60 deprecates passing remote options as extra keywords but offers no named
-        # parameter for max_task_retries; without it a task that kills its worker would be
-        # retried forever (Ray Data's default is -1).
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        actors(DecodeStage, config.decode.model_copy(update={"batch_size": 1}), 0.0)
-        actors(DetectStage, config.detect, _gpu_share(config, config.detect))
-        ds = ds.map_batches(
-            link_tracks_batch,
-            fn_kwargs={"settings_json": config.analysis.model_dump_json()},
-            batch_size=config.detect.batch_size,
-            batch_format="pyarrow",
-            num_cpus=config.tracks_num_cpus,
-            max_retries=config.max_task_retries,
-        )
-        actors(ScoreStage, config.score, _gpu_share(config, config.score))
-    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
-
-
 def _execute(
     config: EvaluationConfig,
     folder: RunFolder,
@@ -309,29 +247,24 @@ def _execute(
         predictions.clear()
         faces.clear()
 
-    from ray.data import ExecutionOptions, ExecutionResources
-
-    context: dict[str, Any] = {"max_errored_blocks": -1, "enable_progress_bars": progress is None}
-    if config.object_store_mb is not None:
-        limits = ExecutionResources(object_store_memory=config.object_store_mb * 2**20)
-        context["execution_options"] = ExecutionOptions(resource_limits=limits)
-    with data_context(**context):
-        for block in _stages(config, list(items.values())):
-            for task in from_table(block):
-                scored = assembler.add(task)
-                if scored is None:
-                    continue
-                predictions.append(scored.prediction)
-                if config.per_face:
-                    faces.extend(scored.faces)
-                _count(summary, scored.prediction)
-                if progress is not None:
-                    progress(summary.processed, len(todo), time.perf_counter() - started)
-            if (
-                len(predictions) >= config.flush_rows
-                or time.perf_counter() - last_flush >= config.flush_s
-            ):
-                flush()
+    tasks = stream_tasks(
+        config, list(items.values()), ScoreStage, {}, progress_bars=progress is None
+    )
+    for task in tasks:
+        scored = assembler.add(task)
+        if scored is None:
+            continue
+        predictions.append(scored.prediction)
+        if config.per_face:
+            faces.extend(scored.faces)
+        _count(summary, scored.prediction)
+        if progress is not None:
+            progress(summary.processed, len(todo), time.perf_counter() - started)
+        if (
+            len(predictions) >= config.flush_rows
+            or time.perf_counter() - last_flush >= config.flush_s
+        ):
+            flush()
     flush()
     unfinished = set(assembler.unfinished())
     lost = [r for r in todo if r.video_id in unfinished]

@@ -60,20 +60,22 @@ from pipeline.steps import (
 from pipeline.tracks import Tracks
 
 if TYPE_CHECKING:
-    from batch.config import EvaluationConfig
+    from batch.attack_video import AttackedShot, AttackExample
+    from batch.config import StagedRunSettings
     from pipeline.model_access import ModelPart, PipelineModels
     from pipeline.result import ShotResult
 
 log = logging.getLogger(__name__)
 
 TaskKind = Literal["video", "image", "sequence", "error"]
-StageName = Literal["decode", "detect", "tracks", "score"]
+StageName = Literal["decode", "detect", "tracks", "score", "attack"]
 #: What each stage is called in error messages.
 STAGE_LABELS: dict[str, str] = {
     "decode": "decoding",
     "detect": "face detection",
     "tracks": "face tracks",
     "score": "scoring",
+    "attack": "attacking",
 }
 
 
@@ -103,6 +105,8 @@ class ShotTask:
     result: ShotResult | None = None  # videos and images, once scored
     scores: list[float] = field(default_factory=list)  # face sequences, once scored
     member_scores: list[dict[str, float]] = field(default_factory=list)
+    attacked: AttackedShot | None = None  # attack runs: the shot's faces attacked, once scored
+    example: AttackExample | None = None  # attack runs: the shot's most suspicious face
     error: dict[str, Any] | None = None
     busy_s: float = 0.0  # time the stages spent on this task
     digest: str = ""
@@ -155,9 +159,9 @@ def from_table(table: pa.Table) -> list[ShotTask]:
     return [pickle.loads(b.as_py()) for b in table.column("task")]
 
 
-def _stage_models(config: EvaluationConfig, parts: set[ModelPart]) -> PipelineModels:
+def stage_models(config: StagedRunSettings, parts: set[ModelPart]) -> PipelineModels:
     """The models a stage calls: only ``parts`` loaded here, or the Serve application's
-    (``config``: devices already resolved in this process, :func:`_config`)."""
+    (``config``: devices already resolved in this process, :func:`stage_config`)."""
     import torch
 
     from batch.models import serve_models
@@ -171,15 +175,16 @@ def _stage_models(config: EvaluationConfig, parts: set[ModelPart]) -> PipelineMo
     return LocalModels.load(a.inference, a.faces, a.segmentation, a.embedder_weights, parts=parts)
 
 
-def _config(config_json: str) -> EvaluationConfig:
-    """A stage's settings, ``device="auto"`` resolved for this process."""
-    from batch.config import EvaluationConfig
+def stage_config(config_json: str) -> StagedRunSettings:
+    """A stage's settings (:meth:`batch.config.StagedRunSettings.stage_json`), ``device="auto"``
+    resolved for this process."""
+    from batch.config import StagedRunSettings
 
-    config = EvaluationConfig.model_validate_json(config_json)
+    config = StagedRunSettings.model_validate_json(config_json)
     return config.model_copy(update={"analysis": resolve_devices(config.analysis)})
 
 
-def _each_or_all(
+def each_or_all(
     tasks: Sequence[ShotTask],
     stage: StageName,
     run: Callable[[Sequence[ShotTask]], None],
@@ -206,9 +211,9 @@ class DecodeStage:
     frames are in memory at a time, however long the video)."""
 
     def __init__(self, config_json: str) -> None:
-        self.config = _config(config_json)
+        self.config = stage_config(config_json)
         self.settings = self.config.analysis
-        self.models = _stage_models(self.config, {"features"})
+        self.models = stage_models(self.config, {"features"})
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         for item in batch.to_pylist():
@@ -277,16 +282,16 @@ class DetectStage:
     (the detector batches frames of equal size together); frames in, face crops out."""
 
     def __init__(self, config_json: str) -> None:
-        self.config = _config(config_json)
+        self.config = stage_config(config_json)
         self.settings = self.config.analysis
-        self.models = _stage_models(self.config, {"faces", "embedder"})
+        self.models = stage_models(self.config, {"faces", "embedder"})
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         tasks = from_table(batch)
         todo = [t for t in tasks if t.kind in ("video", "image")]
         t0 = time.perf_counter()
-        _each_or_all(todo, "detect", self._detect)
-        _share_time(todo, time.perf_counter() - t0, lambda t: max(t.n_frames, 1))
+        each_or_all(todo, "detect", self._detect)
+        share_time(todo, time.perf_counter() - t0, lambda t: max(t.n_frames, 1))
         if self.config.trim_memory:
             release_free_memory()
         return to_table(tasks)
@@ -348,14 +353,17 @@ _NO_CROP = np.zeros((0, 0, 3), np.uint8)
 
 class ScoreStage:
     """Ray Data actor: the ensemble on the kept faces of a batch of shots, several videos per
-    call, then each shot's aggregation; only scores go on to the driver."""
+    call, then each shot's aggregation; only scores go on to the driver. Subclasses change what
+    is done with the faces (:class:`batch.attack_stage.AttackStage`)."""
+
+    stage: StageName = "score"
 
     def __init__(self, config_json: str) -> None:
         import ray
 
-        self.config = _config(config_json)
+        self.config = stage_config(config_json)
         self.settings = self.config.analysis
-        self.models = _stage_models(self.config, {"ensemble"})
+        self.models = stage_models(self.config, {"ensemble"})
         infos = self.models.model_infos()
         self.member_names = tuple(i.name for i in infos)
         self.digest = models_digest(infos)
@@ -365,8 +373,8 @@ class ScoreStage:
         tasks = from_table(batch)
         todo = [t for t in tasks if t.kind != "error"]
         t0 = time.perf_counter()
-        _each_or_all(todo, "score", self._score)
-        _share_time(todo, time.perf_counter() - t0, lambda t: max(len(t.kept) + len(t.crops), 1))
+        each_or_all(todo, self.stage, self._score)
+        share_time(todo, time.perf_counter() - t0, lambda t: max(len(t.kept) + len(t.crops), 1))
         if self.config.trim_memory:
             release_free_memory()
         rss = rss_mb()
@@ -376,39 +384,56 @@ class ScoreStage:
         return to_table(tasks)
 
     def _score(self, tasks: Sequence[ShotTask]) -> None:
-        crops_of = [
-            t.crops if t.kind == "sequence" else [t.faces[i].crop for i in t.kept] for t in tasks
-        ]
+        crops_of = [scored_crops(t) for t in tasks]
         pred = self.models.score_faces([c for crops in crops_of for c in crops])
-        start = 0
-        for task, crops in zip(tasks, crops_of, strict=True):
-            part = _rows(pred, start, start + len(crops))
-            start += len(crops)
-            if task.kind == "sequence":
-                task.scores = [float(p) for p in part.probability]
-                task.member_scores = [part.member_dict(i) for i in range(len(crops))]
-                task.crops = []
-                continue
-            assert task.tracks is not None
-            task.result = shot_result(
-                task.shot,
-                task.n_frames,
-                task.faces,
-                task.tracks,
-                task.kept,
-                part if task.faces else None,
-                self.settings,
+        for task, part in zip(tasks, split_prediction(pred, crops_of), strict=True):
+            self.record_scores(task, part)
+
+    def record_scores(self, task: ShotTask, part: EnsemblePrediction) -> None:
+        """The shot's result (or the sequence chunk's face scores) from its faces' prediction;
+        the faces and their crops go."""
+        if task.kind == "sequence":
+            task.scores = [float(p) for p in part.probability]
+            task.member_scores = [part.member_dict(i) for i in range(len(task.crops))]
+            task.crops = []
+            return
+        assert task.tracks is not None
+        task.result = shot_result(
+            task.shot,
+            task.n_frames,
+            task.faces,
+            task.tracks,
+            task.kept,
+            part if task.faces else None,
+            self.settings,
+        )
+        task.faces, task.tracks = [], None
+
+
+def scored_crops(task: ShotTask) -> list[np.ndarray]:
+    """The crops the ensemble scores for ``task``: a sequence chunk's, or the kept faces' in
+    track order."""
+    return task.crops if task.kind == "sequence" else [task.faces[i].crop for i in task.kept]
+
+
+def split_prediction(
+    pred: EnsemblePrediction, crops_of: Sequence[Sequence[Any]]
+) -> list[EnsemblePrediction]:
+    """One prediction for a batch of tasks' faces -> one per task (``crops_of``: their faces)."""
+    parts, start = [], 0
+    for crops in crops_of:
+        stop = start + len(crops)
+        parts.append(
+            EnsemblePrediction(
+                pred.probability[start:stop], pred.member_probabilities[start:stop],
+                pred.member_names,
             )
-            task.faces, task.tracks = [], None
+        )  # fmt: skip
+        start = stop
+    return parts
 
 
-def _rows(pred: EnsemblePrediction, start: int, stop: int) -> EnsemblePrediction:
-    return EnsemblePrediction(
-        pred.probability[start:stop], pred.member_probabilities[start:stop], pred.member_names
-    )
-
-
-def _share_time(
+def share_time(
     tasks: Sequence[ShotTask], seconds: float, weight: Callable[[ShotTask], int]
 ) -> None:
     """Spread a batch's time over its tasks, by ``weight`` (frames, faces)."""

@@ -55,9 +55,24 @@ def attack(
     ensemble: EnsembleOpt = None,
     device: DeviceOpt = "auto",
     max_frames_per_shot: Annotated[int, typer.Option(help="Paper: 64.")] = 64,
-    actors: Annotated[int, typer.Option(help="Actors in the pool.")] = 1,
-    cpus_per_actor: Annotated[float, typer.Option(help="Ray CPUs per actor.")] = 0.5,
-    gpus_per_actor: Annotated[float, typer.Option(help="GPU fraction per actor.")] = 0.0,
+    actors: Annotated[
+        int, typer.Option(help="Actors of each model stage (face detection, the attack).")
+    ] = 1,
+    decode_actors: Annotated[
+        int, typer.Option(help="Actors decoding videos and finding shots (CPU).")
+    ] = 1,
+    detect_batch: Annotated[int, typer.Option(help="Shots per face-detection call.")] = 2,
+    attack_batch: Annotated[
+        int, typer.Option(help="Shots per attack call (their faces attacked together).")
+    ] = 4,
+    object_store_mb: Annotated[
+        int | None, typer.Option(help="Cap on the object store the run holds at once (MiB).")
+    ] = None,
+    cpus_per_actor: Annotated[float, typer.Option(help="Logical CPUs per actor.")] = 0.5,
+    gpus_per_actor: Annotated[
+        float | None,
+        typer.Option(help="GPU share per model actor (default: an even share of the GPUs)."),
+    ] = None,
     torch_threads: Annotated[int, typer.Option(help="torch threads per actor (0: all).")] = 1,
     examples: Annotated[int, typer.Option(help="Rows that keep an example face.")] = 8,
     retry_errors: Annotated[bool, typer.Option(help="Redo rows that failed before.")] = False,
@@ -85,16 +100,27 @@ def attack(
             black_box=black_box, max_queries=max_queries, rate_per_min=rate_per_min,
             defence=defence,
         )  # fmt: skip
+        faces = FaceSettings(
+            max_frames_per_shot=max_frames_per_shot,
+            device=device if device.startswith("cuda") else "cpu",
+        )
         settings = AttackRunSettings(
-            analysis=AnalysisSettings(
-                inference=inference,
-                faces=FaceSettings(max_frames_per_shot=max_frames_per_shot),
-                galleries=False,
-            ),
+            analysis=AnalysisSettings(inference=inference, faces=faces, galleries=False),
             attack=attack_settings,
-            attackers=StageSettings(
-                actors=actors, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor
+            decode=StageSettings(actors=decode_actors, num_cpus=cpus_per_actor),
+            detect=StageSettings(
+                actors=actors,
+                num_cpus=cpus_per_actor,
+                num_gpus=gpus_per_actor,
+                batch_size=detect_batch,
             ),
+            attackers=StageSettings(
+                actors=actors,
+                num_cpus=cpus_per_actor,
+                num_gpus=gpus_per_actor,
+                batch_size=attack_batch,
+            ),
+            object_store_mb=object_store_mb,
             torch_threads=torch_threads,
             examples=examples,
             retry_errors=retry_errors,

@@ -18,11 +18,12 @@ from PIL import Image
 from pydantic import ValidationError
 from torch import nn
 
-from batch.attack import AttackRunSettings, AttackSettings, FaceAttacker, _gpu_share, run_attack
+from batch.attack import AttackRunSettings, AttackSettings, FaceAttacker, run_attack
 from batch.attack_model import TwoClassLogits, crafting_module
 from batch.attack_video import video_score
 from batch.config import StageSettings
 from batch.datasets import VideoRow, read_dataset
+from batch.stream import gpu_share
 from evaluation.attack_runs import AttackFolder, read_config, read_scores
 from evaluation.metrics import balanced_accuracy
 from pipeline.analyze import AnalysisSettings
@@ -450,16 +451,27 @@ def test_attack_folder_reads_the_newest_part_per_video_and_cleans_up(tmp_path: P
 
 def test_attack_settings_use_the_ray_run_names() -> None:
     settings = AttackRunSettings()
-    assert settings.attackers == StageSettings(actors=1, num_cpus=0.5, num_gpus=0.0)
+    attackers = StageSettings(actors=1, num_cpus=0.5, num_gpus=0.0, batch_size=4)
+    assert settings.attackers == attackers
     assert (settings.flush_rows, settings.flush_s, settings.torch_threads) == (8, 60.0, 1)
     assert (settings.max_task_retries, settings.retry_errors) == (1, False)
+    # The first stages are the evaluation run's, under the same names.
+    assert (settings.decode.actors, settings.detect.batch_size) == (1, 2)
+    assert settings.reserved_cpus() == pytest.approx(0.5 + 0.5 + 0.5 + 0.25)
     with pytest.raises(ValidationError):
         AttackRunSettings.model_validate({"num_cpus_per_actor": 1.0})
-    # num_gpus None: an even share of the cluster's GPUs, at most one per actor.
-    share = StageSettings(actors=4, num_gpus=None)
-    assert (_gpu_share(share, 2.0), _gpu_share(share, 0.0)) == (0.5, 0.0)
-    assert _gpu_share(StageSettings(actors=1, num_gpus=None), 2.0) == 1.0
-    assert _gpu_share(settings.attackers, 8.0) == 0.0
+    with pytest.raises(ValidationError, match="gradients"):
+        AttackRunSettings(serve_app="dfd")
+    # num_gpus None: an even share of the cluster's GPUs among the model actors, at most one.
+    shared = settings.model_copy(
+        update={"attackers": StageSettings(actors=3, num_gpus=None), "detect": StageSettings()}
+    )
+    assert (gpu_share(shared, shared.attackers, 2.0), gpu_share(shared, shared.attackers, 0)) == (
+        0.5,
+        0.0,
+    )
+    assert gpu_share(shared, shared.attackers, 8.0) == 1.0
+    assert gpu_share(settings, settings.attackers, 8.0) == 0.0
 
 
 def test_attacked_scores_are_aggregated_like_the_clean_run() -> None:
@@ -518,3 +530,68 @@ def test_ray_run_matches_the_evaluation_run(
     again = run_attack(rows, tmp_path / "attack", settings, dataset="csv", root=manifest)
     assert (again.skipped, again.processed) == (3, 0)
     assert sorted((tmp_path / "attack" / "parts").glob("*.parquet")) == parts
+
+
+#: What the staged run must reproduce of the in-process run (times and messages aside).
+COMPARED = (
+    "clean_score", "attacked_score", "n_faces", "n_shots", "n_tracks", "face_clean_mean",
+    "face_attacked_mean", "n_faces_fake_clean", "n_faces_flipped", "l1_mean", "l2_mean",
+    "linf_mean", "psnr_mean", "ssim_mean", "n_unchanged", "queries_total",
+    "example_clean_score", "example_attacked_score", "example_amplification", "example",
+    "error_kind",
+)  # fmt: skip
+
+
+def assert_same_rows(expected: pd.DataFrame, got: pd.DataFrame, tolerance: float) -> None:
+    assert list(got["video_id"]) == list(expected["video_id"])
+    members = [c for c in expected.columns if "_member__" in c]
+    assert len(members) == 10 and set(members) <= set(got.columns)
+    for column in (*COMPARED, *members):
+        for vid, want, have in zip(
+            expected["video_id"], expected[column], got[column], strict=True
+        ):
+            if pd.isna(want) or isinstance(want, str):
+                assert (pd.isna(have) and pd.isna(want)) or have == want, (vid, column, have)
+            else:
+                assert have == pytest.approx(want, abs=tolerance), (vid, column, have - want)
+    assert list(got["error"].notna()) == list(expected["error"].notna())
+
+
+@pytest.mark.ray
+def test_staged_attack_equals_the_in_process_attack(
+    ray_local: None, model_dir: Path, rows: list[VideoRow], tmp_path: Path
+) -> None:
+    """Through the stages (decoding, face detection, tracks, the attack actor pool), every
+    column of every row is the in-process attack's: a video with tracks, an image with two
+    faces, a face sequence, a corrupt file and an image without a face."""
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((96, 96, 3), 127, np.uint8)).save(blank)
+    cases = [*rows, VideoRow("t/e_blank", str(blank), 0, "original", "test", "video")]
+    settings = run_settings(model_dir)
+    with one_thread():
+        run_attack(cases, tmp_path / "local", settings, dataset="t", use_ray=False)
+    expected = read_scores(tmp_path / "local")
+    blank_row = expected[expected["video_id"] == "t/e_blank"].iloc[0]
+    assert blank_row["n_faces"] == 0 and pd.isna(blank_row["clean_score"])
+    assert pd.isna(blank_row["error"])
+
+    # One shot per attack call: the very same computation, shot by shot.
+    one_shot = settings.model_copy(update={"attackers": StageSettings(batch_size=1)})
+    outcome = run_attack(cases, tmp_path / "staged", one_shot, dataset="t")
+    assert (outcome.processed, outcome.errors) == (5, 1)
+    got = read_scores(tmp_path / "staged")
+    assert_same_rows(expected, got, 1e-6)
+    bad = got[got["video_id"] == "t/d_bad"].iloc[0]
+    assert bad["error"].startswith("decoding: ")  # the stage that failed is named
+    for prefix in got["example"].dropna():
+        for kind in ("clean", "perturbation", "attacked"):
+            assert (tmp_path / "staged" / f"{prefix}-{kind}.png").is_file()
+
+    # The faces of every shot in one call (several videos per PGD batch): each face's attack
+    # is its own, so only float rounding differs: the kernels' rounding depends on the batch
+    # size, untrained networks amplify it (clean member probabilities moved by up to 9e-3 on
+    # the face sequence, its attacked ones by 1.1e-2), while the rows' scores lie 3e-2 or more
+    # apart, so a face scored for the wrong video would still be caught.
+    batched = settings.model_copy(update={"attackers": StageSettings(batch_size=8)})
+    run_attack(cases, tmp_path / "batched", batched, dataset="t")
+    assert_same_rows(expected, read_scores(tmp_path / "batched"), 2e-2)
