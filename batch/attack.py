@@ -56,7 +56,7 @@ from batch.attack_faces import FaceAttacker
 from batch.attack_stage import AttackAssembler, AttackStage
 from batch.attack_video import VideoAttacker, row_columns
 from batch.datasets import VideoRow
-from batch.execution import worker_lost_fields
+from batch.execution import check_lost, worker_lost_fields
 from batch.stream import stream_tasks
 from evaluation.attack_runs import AttackFolder, AttackSettings, check_or_write_config
 from pipeline.errors import ConfigError
@@ -87,6 +87,8 @@ class AttackRunOutcome:
     errors: int
     seconds: float
     member_names: list[str] = field(default_factory=list)
+    #: Rows written as ``worker-lost`` errors (their worker died on every retry).
+    lost: int = 0
 
 
 def _config_record(
@@ -181,6 +183,8 @@ def run_attack(
 
     Raises:
         ConfigError: ``out`` holds a different attack, or ``transfer_from`` names no member.
+        RunFailedError: more than ``max_lost_fraction`` of the rows lost their worker (after
+            they are written as error rows).
     """
     settings = settings or AttackRunSettings()
     # Every actor runs the ensemble resolved here, whatever its environment says.
@@ -214,13 +218,16 @@ def run_attack(
         attacker = VideoAttacker.load(settings)
         for item, row in zip(items, todo, strict=True):
             add(attacker.process(row, dataset, bool(item["example"])))
-    elif items:
+    lost = 0
+    if items and use_ray:
         _stream(items, settings, add)
         for row in todo:
             if row.video_id not in writer.ids:
                 writer.add(_lost_row(row, dataset))
+                lost += 1
     writer.flush()
     scores = folder.consolidate()
+    check_lost(lost, len(todo), settings.max_lost_fraction, "attacking")
     return AttackRunOutcome(
         out=out,
         scores=scores,
@@ -230,6 +237,7 @@ def run_attack(
         errors=writer.errors,
         seconds=time.perf_counter() - t0,
         member_names=[m["name"] for m in models],
+        lost=lost,
     )
 
 

@@ -52,8 +52,13 @@ class StageSettings(BaseModel):
     #: ../shared/RAY_NOTES.md).
     num_cpus: float = Field(0.5, gt=0.0)
     #: GPU share of each actor; None = an even share of the cluster's GPUs among the actors of
-    #: the model stages (0 without GPUs). Ignored by the decode stage (CPU only).
+    #: the model stages (0 without GPUs). Ignored by the decode stage (CPU only) and when the
+    #: models run in a Serve application.
     num_gpus: float | None = Field(None, ge=0.0)
+    #: Memory each actor reserves (MiB; None: none), so that Ray places no more actors on a
+    #: node than its memory holds (the full-size ensemble: about 5 GB on CPU; an attack actor:
+    #: that plus about 2.3 GB per face of a PGD batch).
+    memory_mb: int | None = Field(None, ge=1)
     #: Tasks (shots, or chunks of a face sequence) per call: what is batched across videos.
     batch_size: int = Field(1, ge=1)
 
@@ -76,6 +81,10 @@ class RayRunSettings(BaseModel):
     flush_s: float = Field(30.0, gt=0.0)
     #: Rerun rows whose stored result is an error (other finished rows are always skipped).
     retry_errors: bool = False
+    #: The run fails (after writing every row) when more than this share of the rows it
+    #: attempted lost their worker on every retry: a crash or out-of-memory that hits many
+    #: videos is a fault of the run, not of the videos.
+    max_lost_fraction: float = Field(0.05, ge=0.0, le=1.0)
 
 
 class StagedRunSettings(RayRunSettings):
@@ -116,6 +125,11 @@ class StagedRunSettings(RayRunSettings):
         """Logical CPUs the stages' actors reserve, plus one face-tracks task."""
         pools = (self.decode, self.detect, self.final_stage())
         return sum(p.actors * p.num_cpus for p in pools) + self.tracks_num_cpus
+
+    def reserved_memory_mb(self) -> int:
+        """Memory the stages' actors reserve (MiB; stages with ``memory_mb`` set)."""
+        pools = (self.decode, self.detect, self.final_stage())
+        return sum(p.actors * (p.memory_mb or 0) for p in pools)
 
     def stage_json(self) -> str:
         """The :class:`StagedRunSettings` fields alone, as the stages' actors read them."""

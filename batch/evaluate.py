@@ -38,6 +38,7 @@ import pyarrow as pa
 from batch.assemble import VideoAssembler
 from batch.datasets import VideoRow, read_dataset
 from batch.execution import (
+    check_lost,
     record_session,
     resolve_devices,
     row_fields,
@@ -98,6 +99,8 @@ class RunSummary:
     errors: int
     no_face: int
     elapsed_s: float
+    #: Rows written as ``worker-lost`` errors (their worker died on every retry).
+    lost: int = 0
 
     @property
     def rows_per_s(self) -> float:
@@ -190,6 +193,8 @@ def run_evaluation(
     Raises:
         ConfigError, CheckpointError, UntrainedWeightsError, DatasetLayoutError: before any
             actor starts. Per-video failures never raise: they become error rows.
+        RunFailedError: more than ``max_lost_fraction`` of the rows lost their worker (after
+            they are written as error rows and the session is recorded).
     """
     import ray
 
@@ -217,6 +222,7 @@ def run_evaluation(
         _execute(config, folder, todo, summary, started, progress)
     summary.elapsed_s = time.perf_counter() - started
     record_session(folder, info, session, summary)
+    check_lost(summary.lost, len(todo), config.max_lost_fraction, "analysing")
     return summary
 
 
@@ -276,6 +282,7 @@ def _execute(
         folder.write_part(_lost_rows(lost, config.dataset, names), None)
         summary.processed += len(lost)
         summary.errors += len(lost)
+        summary.lost = len(lost)
         log.error("%d video(s) lost their worker on every retry; written as error rows", len(lost))
 
 

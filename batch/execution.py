@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch.datasets import VideoRow
 from evaluation.runs import WORKER_LOST, PartsFolder
-from pipeline.errors import DfdError
+from pipeline.errors import DfdError, RunFailedError
 
 if TYPE_CHECKING:
     from pipeline.analyze import AnalysisSettings
@@ -48,6 +48,7 @@ def actor_pool_batches(
     num_cpus: float,
     num_gpus: float | None,
     max_task_retries: int,
+    memory_mb: int | None = None,
     **context: Any,
 ) -> Iterator[Any]:
     """Result batches of ``actor`` (a ``map_batches`` callable class) over ``items``, as a pool
@@ -78,6 +79,7 @@ def actor_pool_batches(
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
+                memory=None if memory_mb is None else memory_mb * 2**20,
                 max_task_retries=max_task_retries,
             )
         yield from ds.iter_batches(batch_size=None, batch_format=batch_format)
@@ -121,6 +123,21 @@ def row_from_item(item: Mapping[str, Any]) -> VideoRow:
     """The :class:`VideoRow` of a pipeline item (its fields, plus others such as ``dataset``)."""
     fields = {f.name for f in dataclasses.fields(VideoRow)}
     return VideoRow(**{k: v for k, v in item.items() if k in fields})
+
+
+def check_lost(lost: int, attempted: int, allowed: float, activity: str) -> None:
+    """Fail a run whose rows were lost to dead workers beyond ``allowed`` (a share of the
+    ``attempted`` rows), once they are written as error rows.
+
+    Raises:
+        RunFailedError: ``lost / attempted > allowed``.
+    """
+    if attempted and lost / attempted > allowed:
+        raise RunFailedError(
+            f"{lost} of {attempted} videos ({lost / attempted:.0%}) lost their worker on every "
+            f"retry while {activity} (allowed: {allowed:.0%}); they are written as worker-lost "
+            "error rows: see the Ray worker logs, fix the cause and rerun with --retry-errors"
+        )
 
 
 def worker_lost_fields(activity: str) -> dict[str, Any]:

@@ -28,7 +28,13 @@ from typing import Any
 import pyarrow as pa
 
 from batch.datasets import VideoRow, read_dataset
-from batch.execution import actor_pool_batches, record_session, row_fields, worker_lost_fields
+from batch.execution import (
+    actor_pool_batches,
+    check_lost,
+    record_session,
+    row_fields,
+    worker_lost_fields,
+)
 from batch.faces_extractor import ExtractorActor, FaceExtractionConfig, assign_split, fingerprint
 from batch.faces_folder import ERROR, FACE, FACE_SCHEMA, FACES_FILE, NO_FACE, PARTS_DIR, FacesFolder
 from evaluation.runs import concat_tables
@@ -52,6 +58,8 @@ class ExtractionSummary:
     no_face: int
     faces: int
     elapsed_s: float
+    #: Rows written as ``worker-lost`` errors (their worker died on every retry).
+    lost: int = 0
 
     def line(self) -> str:
         return (
@@ -143,6 +151,7 @@ def extract_faces(
         _execute(config, folder, todo, summary, started, local, progress)
     summary.elapsed_s = time.perf_counter() - started
     record_session(folder, info, session, summary)
+    check_lost(summary.lost, len(todo), config.max_lost_fraction, "extracting")
     return summary
 
 
@@ -163,6 +172,7 @@ def _blocks_ray(config: FaceExtractionConfig, items: list[dict[str, Any]]) -> It
         actors=config.extractors.actors,
         num_cpus=config.extractors.num_cpus,
         num_gpus=_gpu_share(config),
+        memory_mb=config.extractors.memory_mb,
         max_task_retries=config.max_task_retries,
         enable_progress_bars=False,
     )
@@ -228,6 +238,7 @@ def _execute(
         folder.write_part(_lost_rows(lost, config))
         summary.processed += len(lost)
         summary.errors += len(lost)
+        summary.lost = len(lost)
         log.error("%d video(s) lost their worker on every retry; written as error rows", len(lost))
 
 

@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 
 
 def gpu_share(settings: StagedRunSettings, stage: StageSettings, cluster_gpus: float) -> float:
-    """A model actor's GPU share: the configured one, or (``num_gpus`` None) an even share of
+    """A model actor's GPU share: none when the models run in a Serve application (its
+    replicas hold the GPUs), else the configured one, or (``num_gpus`` None) an even share of
     the cluster's GPUs among the model stages' actors, at most one each (0 without GPUs)."""
+    if settings.serve_app is not None:
+        return 0.0
     if stage.num_gpus is not None:
         return stage.num_gpus
     return min(1.0, cluster_gpus / settings.model_actors()) if cluster_gpus else 0.0
@@ -45,8 +48,8 @@ def stream_tasks(
     whose tasks never came back as ``worker-lost`` rows.
 
     Raises:
-        ConfigError: the stages' actors reserve more CPUs than the cluster has (every actor of
-            a pool must start, so such a run would wait forever).
+        ConfigError: the stages' actors reserve more CPUs or memory than the cluster has (every
+            actor of a pool must start, so such a run would wait forever).
     """
     import ray
     from ray.data import ExecutionOptions, ExecutionResources
@@ -61,6 +64,12 @@ def stream_tasks(
             f"plus {settings.tracks_num_cpus:g} for face tracks) but the Ray cluster has "
             f"{cpus:g}: lower --actors, --decode-actors or --cpus-per-actor"
         )
+    memory_mb = float(resources.get("memory", 0.0)) / 2**20
+    if settings.reserved_memory_mb() > memory_mb:
+        raise ConfigError(
+            f"the stages' actors reserve {settings.reserved_memory_mb():,} MiB of memory but the "
+            f"Ray cluster has {memory_mb:,.0f} MiB: lower --actors or --actor-memory-mb"
+        )
     config_json = settings.stage_json()
     ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
 
@@ -74,6 +83,7 @@ def stream_tasks(
             compute=ray.data.ActorPoolStrategy(size=stage.actors),
             num_cpus=stage.num_cpus,
             num_gpus=gpu_share(settings, stage, gpus) if gpu else 0.0,
+            memory=None if stage.memory_mb is None else stage.memory_mb * 2**20,
             max_task_retries=settings.max_task_retries,
         )
 

@@ -73,6 +73,9 @@ def attack(
         float | None,
         typer.Option(help="GPU share per model actor (default: an even share of the GPUs)."),
     ] = None,
+    actor_memory_mb: Annotated[
+        int | None, typer.Option(help="Memory each model actor reserves (MiB; default none).")
+    ] = None,
     torch_threads: Annotated[int, typer.Option(help="torch threads per actor (0: all).")] = 1,
     examples: Annotated[int, typer.Option(help="Rows that keep an example face.")] = 8,
     retry_errors: Annotated[bool, typer.Option(help="Redo rows that failed before.")] = False,
@@ -112,12 +115,14 @@ def attack(
                 actors=actors,
                 num_cpus=cpus_per_actor,
                 num_gpus=gpus_per_actor,
+                memory_mb=actor_memory_mb,
                 batch_size=detect_batch,
             ),
             attackers=StageSettings(
                 actors=actors,
                 num_cpus=cpus_per_actor,
                 num_gpus=gpus_per_actor,
+                memory_mb=actor_memory_mb,
                 batch_size=attack_batch,
             ),
             object_store_mb=object_store_mb,

@@ -77,6 +77,9 @@ def evaluate(
         float | None,
         typer.Option(help="GPU share per model actor (default: an even share of the GPUs)."),
     ] = None,
+    actor_memory_mb: Annotated[
+        int | None, typer.Option(help="Memory each model actor reserves (MiB; default none).")
+    ] = None,
     max_frames: Annotated[int, typer.Option(help="Frames per shot for faces (paper: 64).")] = 64,
     per_face: Annotated[
         bool, typer.Option(help="Also write one row per face (frame-level metrics).")
@@ -117,12 +120,14 @@ def evaluate(
                 actors=actors,
                 num_cpus=cpus_per_actor,
                 num_gpus=gpus_per_actor,
+                memory_mb=actor_memory_mb,
                 batch_size=detect_batch,
             ),
             score=StageSettings(
                 actors=actors,
                 num_cpus=cpus_per_actor,
                 num_gpus=gpus_per_actor,
+                memory_mb=actor_memory_mb,
                 batch_size=score_batch,
             ),
             object_store_mb=object_store_mb,

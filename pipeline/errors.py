@@ -95,6 +95,14 @@ class ConfigError(DfdError):
     exit_code = 4
 
 
+class RunFailedError(DfdError):
+    """A run over a dataset lost more of its rows to dead workers than it allows (the lost rows
+    are written as error rows; the rest of the run stands)."""
+
+    kind = "run-failed"
+    title = "Run failed"
+
+
 class DatasetLayoutError(BadInputError):
     """A dataset folder does not have the official layout its reader expects."""
 

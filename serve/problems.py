@@ -92,6 +92,8 @@ PROBLEM_KINDS: Mapping[str, ProblemKind] = _registry(
     # The request asked for trained weights and this deployment has none: a state of the service.
     ProblemKind("untrained-weights", 503, "Trained weights required"),
     ProblemKind("config-error", 500, "Configuration error"),
+    # Batch runs only (never raised by a request); registered so that every kind has a type.
+    ProblemKind("run-failed", 500, "Run failed"),
     ProblemKind("internal", 500, "Internal error"),
 )
 

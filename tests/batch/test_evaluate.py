@@ -20,11 +20,13 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from batch.config import EvaluationConfig, StageSettings
 from batch.datasets import VideoRow, read_dataset
 from batch.evaluate import analysis_digest, run_evaluation, score_sequentially
+from batch.execution import check_lost
+from batch.stream import gpu_share
 from evaluation.metrics import aggregate_to_video
 from evaluation.run_metrics import compute_run_metrics
 from evaluation.runs import RunFolder, face_schema, member_column, prediction_schema
 from pipeline.analyze import AnalysisSettings
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RunFailedError
 from pipeline.faces import FaceSettings
 from pipeline.models import Ensemble, InferenceSettings
 from pipeline.models.ensemble import expected_infos, models_digest
@@ -286,6 +288,32 @@ def test_stages_that_cannot_all_start_are_refused(
     config = config_for(model_dir, "ffpp", root, tmp_path / "run", score=StageSettings(actors=8))
     with pytest.raises(ConfigError, match=r"reserve 5\.25 CPUs"):
         run_evaluation(config)
+    # The same for memory: two ensemble actors asking a petabyte each.
+    greedy = StageSettings(actors=2, memory_mb=2**30)
+    config = config_for(model_dir, "ffpp", root, tmp_path / "run2", score=greedy)
+    with pytest.raises(ConfigError, match=r"reserve 2,147,483,648 MiB of memory"):
+        run_evaluation(config)
+
+
+def test_model_stages_reserve_no_gpu_when_serve_holds_the_models() -> None:
+    config = EvaluationConfig(
+        dataset="csv", root=Path("m.csv"), out=Path("run"),
+        detect=StageSettings(actors=2), score=StageSettings(actors=2, num_gpus=0.5),
+    )  # fmt: skip
+    assert (gpu_share(config, config.detect, 2.0), gpu_share(config, config.score, 2.0)) == (
+        0.5,
+        0.5,
+    )
+    served = config.model_copy(update={"serve_app": "dfd"})
+    assert gpu_share(served, served.detect, 2.0) == gpu_share(served, served.score, 2.0) == 0.0
+
+
+def test_a_run_that_loses_too_many_rows_fails_after_writing_them() -> None:
+    assert EvaluationConfig.model_fields["max_lost_fraction"].default == 0.05
+    check_lost(1, 20, 0.05, "analysing")  # 5%: allowed
+    check_lost(0, 0, 0.0, "analysing")
+    with pytest.raises(RunFailedError, match=r"2 of 20 videos \(10%\) lost .* --retry-errors"):
+        check_lost(2, 20, 0.05, "analysing")
 
 
 @pytest.mark.ray

@@ -45,6 +45,7 @@ REQUIRED_KINDS = {
     "checkpoint-error",
     "untrained-weights",
     "config-error",
+    "run-failed",
     "internal",
 }
 
