@@ -59,6 +59,10 @@ def model_deployment_names(config: ServiceConfig) -> list[str]:
     ]
 
 
+#: Seconds Serve waits for a stopping job runner beyond its ``jobs.shutdown_grace_s``.
+RUNNER_SHUTDOWN_MARGIN_S = 5.0
+
+
 def _member_names(cfg: ServiceConfig) -> list[str]:
     _, _, specs = resolve_ensemble(cfg.analysis.inference)
     return [s.name for s in specs]
@@ -110,7 +114,12 @@ def build_app(config: ServiceConfig) -> Application:
     ]
     runner = (
         _deployment(JobRunnerDeployment)
-        .options(**d.runner.deployment_options(False))
+        .options(
+            **d.runner.deployment_options(False),
+            # A rolling update or scale-down hands running jobs back to the queue after the
+            # runner's own grace; Serve must not kill the replica before that.
+            graceful_shutdown_timeout_s=cfg.jobs.shutdown_grace_s + RUNNER_SHUTDOWN_MARGIN_S,
+        )
         .bind(cfg, detector, embedder, features, members)
     )
     return (

@@ -253,11 +253,19 @@ class JobSettings(_Model):
     keep_source: bool = True
     #: On a graceful stop, running jobs get this long before they are put back in the queue.
     shutdown_grace_s: float = Field(10.0, ge=0)
+    #: A model deployment must answer one call within this (else the job fails that step).
+    model_call_timeout_s: float = Field(300.0, gt=0)
+    #: A running job whose progress has not moved for this long is stuck: its heartbeat stops
+    #: (so that recovery hands it to a runner again) and the runner reports itself unhealthy
+    #: (so that Serve replaces it). Longer than any one step: a model call, a download.
+    stall_after_s: float = Field(900.0, gt=0)
 
     @model_validator(mode="after")
     def _heartbeat_fits(self) -> JobSettings:
         if self.stale_after_s < 2 * self.heartbeat_s:
             raise ValueError("stale_after_s must be at least twice heartbeat_s")
+        if self.stall_after_s <= self.heartbeat_s:
+            raise ValueError("stall_after_s must be longer than heartbeat_s")
         return self
 
 

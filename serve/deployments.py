@@ -313,6 +313,7 @@ class JobRunnerDeployment:
             features,
             members,
             ensemble=config.analysis.inference.ensemble or "custom",
+            call_timeout_s=config.jobs.model_call_timeout_s,
         )
         self.models = models
         self.namespace = cache_namespace(config.analysis, models.model_infos())
@@ -328,6 +329,11 @@ class JobRunnerDeployment:
 
     async def wake(self) -> None:
         self.worker.wake()
+
+    def check_health(self) -> None:
+        """Serve's health check: a dead dispatcher, an unreachable store or a stuck job makes
+        the replica unhealthy, and Serve replaces it (its jobs go back to the queue)."""
+        self.worker.health()
 
     async def describe(self) -> dict[str, Any]:
         d = self.models.description

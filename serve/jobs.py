@@ -6,9 +6,11 @@ store, so nothing is lost with a process:
 
 - a worker *claims* the oldest queued job (atomic in both stores: no job runs twice);
 - while it runs, its progress is written as it goes and a heartbeat touches it every
-  ``heartbeat_s``; a job untouched for ``stale_after_s`` belongs to a dead worker, and every
-  worker recovers such jobs on start and every ``recovery_interval_s`` (back to the queue while
-  attempts remain, else failed with the reason);
+  ``heartbeat_s`` as long as its progress moved in the last ``stall_after_s``; a job untouched
+  for ``stale_after_s`` belongs to a dead or stuck worker, and every worker recovers such jobs
+  on start and every ``recovery_interval_s`` (back to the queue while attempts remain, else
+  failed with the reason); a worker holding a stuck job, a dead thread or no store reports
+  itself unhealthy (:meth:`JobWorker.health`) so that Serve replaces it;
 - cancelling or deleting a job is seen at its next progress report, which stops the analysis;
 - a graceful stop puts the worker's running jobs back in the queue at once.
 
@@ -133,7 +135,12 @@ class _Active:
     job: Job
     progress: Progress = field(default_factory=lambda: Progress(stage="starting"))
     last_write: float = 0.0
+    #: When ``progress`` last changed (monotonic seconds).
+    last_progress: float = field(default_factory=time.monotonic)
     stopping: threading.Event = field(default_factory=threading.Event)
+
+    def stalled_s(self, now: float) -> float:
+        return now - self.last_progress
 
 
 class JobWorker:
@@ -169,6 +176,7 @@ class JobWorker:
         self._threads: list[threading.Thread] = []
         self._executor: ThreadPoolExecutor | None = None
         self._counts = {"claimed": 0, "done": 0, "failed": 0, "stopped": 0, "recovered": 0}
+        self._handed_back: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -208,21 +216,27 @@ class JobWorker:
                 if not self._active:
                     break
             time.sleep(0.05)
-        requeued = []
         with self._lock:
             leftover = [a.job.id for a in self._active.values()]
         for job_id in leftover:
-            with contextlib.suppress(JobConflictError, JobNotFoundError):
-                self.store.update(
-                    job_id,
-                    status=JobStatus.QUEUED,
-                    progress=Progress(stage="queued"),
-                    expect={JobStatus.RUNNING},
-                )
-                requeued.append(job_id)
+            self._hand_back(job_id)
+        with self._lock:
+            requeued = sorted(self._handed_back)
         if requeued:
             log.warning("worker %s stopped; requeued %s", self.worker_id, requeued)
         return requeued
+
+    def _hand_back(self, job_id: str) -> None:
+        """Put a running job of this worker back in the queue (it is stopping)."""
+        with contextlib.suppress(JobConflictError, JobNotFoundError):
+            self.store.update(
+                job_id,
+                status=JobStatus.QUEUED,
+                progress=Progress(stage="queued"),
+                expect={JobStatus.RUNNING},
+            )
+            with self._lock:
+                self._handed_back.add(job_id)
 
     def recover(self) -> RecoveryReport:
         """Recover jobs left running by a dead worker (untouched for ``stale_after_s``)."""
@@ -238,6 +252,30 @@ class JobWorker:
         if report.requeued:
             self.wake()
         return report
+
+    def health(self) -> None:
+        """Raise when this worker cannot do its work: a thread died, the store does not answer,
+        or a job made no progress for ``stall_after_s`` (Serve's ``check_health``)."""
+        problems = []
+        if self._threads and not self._stop.is_set():
+            dead = [t.name for t in self._threads if not t.is_alive()]
+            if dead:
+                problems.append(f"thread(s) {', '.join(dead)} died")
+        try:
+            self.store.count("running")
+        except Exception as exc:
+            problems.append(f"the job store does not answer ({type(exc).__name__}: {exc})")
+        now = time.monotonic()
+        with self._lock:
+            stuck = [
+                f"{a.job.id} ({a.progress.stage}, {a.stalled_s(now):.0f} s)"
+                for a in self._active.values()
+                if a.stalled_s(now) > self.settings.stall_after_s
+            ]
+        if stuck:
+            problems.append(f"no progress beyond stall_after_s in job(s) {', '.join(stuck)}")
+        if problems:
+            raise RuntimeError(f"job runner {self.worker_id} unhealthy: " + "; ".join(problems))
 
     def stats(self) -> dict[str, Any]:
         """Counters since start and the jobs running now."""
@@ -277,7 +315,16 @@ class JobWorker:
         while not self._stop.wait(min(s.heartbeat_s, s.recovery_interval_s)):
             with self._lock:
                 active = list(self._active.values())
+            now = time.monotonic()
             for a in active:
+                if a.stalled_s(now) > s.stall_after_s:
+                    # Stuck (a call that never returns): no heartbeat, so that recovery hands
+                    # the job to a runner again once it is stale.
+                    log.warning(
+                        "job %s: no progress for %.0f s in %s; heartbeat stopped",
+                        a.job.id, a.stalled_s(now), a.progress.stage,
+                    )  # fmt: skip
+                    continue
                 # Rewriting the current progress refreshes updated_at: the job's heartbeat.
                 with contextlib.suppress(JobConflictError, JobNotFoundError):
                     self.store.update(a.job.id, progress=a.progress, expect={JobStatus.RUNNING})
@@ -302,6 +349,8 @@ class JobWorker:
             outcome = "stopped"
             if stop.reason == "cancelled":
                 self._discard_artefacts(job)
+            else:  # the worker is stopping: the job goes back to the queue now
+                self._hand_back(job.id)
         except Exception as exc:
             self._fail(job, exc)
         finally:
@@ -320,6 +369,8 @@ class JobWorker:
             new = Progress(stage=stage, done=max(done, 0), total=max(total, 0))
             now = time.monotonic()
             changed_stage = new.stage != active.progress.stage
+            if new != active.progress:
+                active.last_progress = now
             active.progress = new
             if changed_stage or now - active.last_write >= self.settings.progress_interval_s:
                 active.last_write = now

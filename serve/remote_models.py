@@ -14,7 +14,9 @@ to ``retry_timeout_s`` instead of failing the job at the first refusal. A replic
 middle of a call (its node died, its process crashed) is a failed *step*: the call is sent again
 and Serve routes it to a live replica, or to the one it starts elsewhere, up to
 ``max_replica_losses`` times per call, so that an input that kills every replica it reaches
-fails its job instead of the whole deployment.
+fails its job instead of the whole deployment. A call not answered within ``call_timeout_s``
+(a replica that hangs) is cancelled and fails its job with a :class:`ModelError`, so that no
+job waits forever on a model.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class RemoteModels:
         *,
         retry_timeout_s: float = 120.0,
         max_replica_losses: int = 3,
+        call_timeout_s: float = 300.0,
     ) -> None:
         if len(members) != len(description.members):
             raise ValueError("one member info per member handle is needed")
@@ -92,6 +95,7 @@ class RemoteModels:
         self.ensemble_name = description.ensemble
         self._retry_timeout_s = retry_timeout_s
         self._max_replica_losses = max_replica_losses
+        self._call_timeout_s = call_timeout_s
 
     @classmethod
     async def connect(
@@ -103,6 +107,7 @@ class RemoteModels:
         *,
         ensemble: str = "custom",
         retry_timeout_s: float = 120.0,
+        call_timeout_s: float = 300.0,
     ) -> RemoteModels:
         """Ask every deployment what it runs (awaits; call from async code, e.g. a replica's
         ``async __init__``)."""
@@ -119,8 +124,9 @@ class RemoteModels:
             ensemble=ensemble,
         )
         return cls(
-            detector, embedder, features, members, description, retry_timeout_s=retry_timeout_s
-        )
+            detector, embedder, features, members, description,
+            retry_timeout_s=retry_timeout_s, call_timeout_s=call_timeout_s,
+        )  # fmt: skip
 
     # -- PipelineModels ----------------------------------------------------------------------
 
@@ -181,6 +187,18 @@ class RemoteModels:
             return None
         return response
 
+    def _answer(self, response: DeploymentResponse) -> Any:
+        """The call's answer, or a :class:`ModelError` once ``call_timeout_s`` has passed (the
+        call is cancelled: a hung replica must not hold the job forever)."""
+        try:
+            return response.result(timeout_s=self._call_timeout_s)
+        except TimeoutError as exc:
+            response.cancel()
+            raise ModelError(
+                f"a model deployment did not answer within {self._call_timeout_s:.0f} s "
+                "(model_call_timeout_s); its replica may be stuck"
+            ) from exc
+
     def _resolve(
         self, response: DeploymentResponse | None, method: Callable[[Any], Any], arg: Any
     ) -> Any:
@@ -192,7 +210,7 @@ class RemoteModels:
                 if response is None:
                     response = method(arg)
                 assert response is not None
-                return response.result()
+                return self._answer(response)
             except _OVERLOADED as exc:
                 if time.monotonic() + delay > deadline:
                     raise ModelError(

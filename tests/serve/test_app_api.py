@@ -7,6 +7,7 @@ rate limits, overload, uploads, Range, cancel/delete, crash recovery, and the Re
 from __future__ import annotations
 
 import json
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import httpx
 import pytest
 import redis
 
+from pipeline.analyze import Analyzer
 from pipeline.model_access import LocalModels
 from pipeline.models.importers.fsfm import FSFM_SOURCE
 from serve.config import (
@@ -28,7 +30,7 @@ from serve.config import (
     ServiceConfig,
 )
 from serve.jobs import JobWorker, cache_namespace
-from serve.jobstore import Job, JobStatus, Progress
+from serve.jobstore import Job, JobStatus, Progress, url_source_key
 from serve.jobstore.sqlite import SQLiteJobStore
 from serve.mever import fsfm_members, image_report, rescored, video_report
 from serve.problems import PROBLEM_BASE_URI
@@ -306,6 +308,71 @@ def test_graceful_stop_requeues_running_jobs(
     wait_for(lambda: store.get(job.id).status == JobStatus.RUNNING, 10)
     assert worker.stop(grace_s=0.2) == [job.id]
     assert store.get(job.id).status == JobStatus.QUEUED
+
+
+class HangingDetector:
+    """The models of a deployment whose face detector hangs (until ``release``): every other
+    call goes to the real models."""
+
+    def __init__(self, inner: LocalModels) -> None:
+        self.inner = inner
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def detect_faces(self, frames: Any) -> Any:
+        self.release.wait(60)
+        return self.inner.detect_faces(frames)
+
+
+def test_a_stuck_job_stops_its_heartbeat_is_recovered_and_makes_the_runner_unhealthy(
+    tmp_path: Path,
+    model_dir: Path,
+    local_models: LocalModels,
+    media_server: LoopbackServer,
+    shared_data: Path,
+) -> None:
+    jobs = JobSettings(
+        heartbeat_s=0.1, stale_after_s=0.5, recovery_interval_s=0.1, stall_after_s=0.4,
+        max_attempts=1,
+    )  # fmt: skip
+    cfg = config(tmp_path, model_dir, jobs=jobs).resolved()
+    models = HangingDetector(local_models)
+    worker = JobWorker(
+        cfg.open_job_store(),
+        cfg.open_storage(),
+        Analyzer(models, cfg.analysis),  # type: ignore[arg-type]
+        cfg.jobs,
+        cache_namespace=cache_namespace(cfg.analysis, local_models.model_infos()),
+    )
+    store = cfg.open_job_store()
+    url = media_server.route("/obama.jpg", file_response(shared_data / IMAGE, "image/jpeg"))
+    job = store.create(Job.new(url, url_source_key(url)))
+    worker.start()
+    try:
+        worker.health()  # nothing stuck yet
+        wait_for(lambda: store.get(job.id).status == JobStatus.RUNNING, 10)
+        # No progress past stall_after_s: the runner says it is unhealthy (Serve replaces it)...
+        wait_for(lambda: _unhealthy(worker), 10)
+        with pytest.raises(RuntimeError, match=rf"no progress .* {job.id}"):
+            worker.health()
+        # ... and, its heartbeat stopped, recovery takes the job back (here: out of attempts).
+        wait_for(lambda: store.get(job.id).status == JobStatus.FAILED, 10)
+        assert "runner stopped" in (store.get(job.id).error or {})["detail"]
+    finally:
+        models.release.set()
+        worker.stop(grace_s=1)
+    # The stuck call, released late, cannot overwrite the recovered job.
+    assert store.get(job.id).status == JobStatus.FAILED
+
+
+def _unhealthy(worker: JobWorker) -> bool:
+    try:
+        worker.health()
+    except RuntimeError:
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,6 +106,10 @@ def test_config_yaml_builds_the_application(tmp_path: Path, model_dir: Path) -> 
     }
     assert member.max_ongoing_requests == 32
     assert by_name["FaceDetector"].num_replicas == 1
+    # Serve waits for the runner to hand its jobs back before it kills the replica.
+    runner = by_name["JobRunner"]
+    grace = runner._deployment_config.graceful_shutdown_timeout_s
+    assert grace == config.jobs.shutdown_grace_s + 5.0
 
 
 def test_gpu_fractions_are_dropped_without_gpus(tmp_path: Path, model_dir: Path) -> None:

@@ -4,6 +4,7 @@ killed under a running job, is ``tests/cluster``'s last test.)"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,15 +16,25 @@ from ray.serve.exceptions import BackPressureError
 from pipeline.errors import ModelError
 from serve.remote_models import ModelsDescription, RemoteModels
 
+#: A script item: the replica never answers.
+HANG = object()
+
 
 class _Answer:
     def __init__(self, outcome: Any) -> None:
         self.outcome = outcome
+        self.cancelled = False
 
-    def result(self) -> Any:
+    def result(self, timeout_s: float | None = None) -> Any:
+        if self.outcome is HANG:
+            time.sleep(timeout_s or 0.0)
+            raise TimeoutError
         if isinstance(self.outcome, BaseException):
             raise self.outcome
         return self.outcome
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class _Method:
@@ -33,7 +44,8 @@ class _Method:
 
     def remote(self, arg: Any) -> _Answer:
         self.calls += 1
-        return _Answer(next(self.script))
+        self.last = _Answer(next(self.script))
+        return self.last
 
 
 class ScriptedHandle:
@@ -43,7 +55,9 @@ class ScriptedHandle:
         self.detect = _Method(iter(outcomes))
 
 
-def remote(detector: ScriptedHandle, max_losses: int = 3) -> RemoteModels:
+def remote(
+    detector: ScriptedHandle, max_losses: int = 3, call_timeout_s: float = 30
+) -> RemoteModels:
     description = ModelsDescription("mtcnn", "histogram", 0.5, False, ())
     return RemoteModels(
         detector,  # type: ignore[arg-type]
@@ -53,6 +67,7 @@ def remote(detector: ScriptedHandle, max_losses: int = 3) -> RemoteModels:
         description,
         retry_timeout_s=30,
         max_replica_losses=max_losses,
+        call_timeout_s=call_timeout_s,
     )
 
 
@@ -78,3 +93,10 @@ def test_model_errors_are_not_retried() -> None:
     with pytest.raises(ValueError, match="bad frame"):
         remote(handle).detect_faces([FRAME])
     assert handle.detect.calls == 1
+
+
+def test_a_replica_that_never_answers_fails_the_call_after_the_timeout() -> None:
+    handle = ScriptedHandle(HANG, [[]])
+    with pytest.raises(ModelError, match="did not answer within 0 s"):
+        remote(handle, call_timeout_s=0.2).detect_faces([FRAME])
+    assert handle.detect.calls == 1 and handle.detect.last.cancelled
