@@ -289,6 +289,8 @@ def test_cluster_yaml_ray_ports_leave_redis_alone() -> None:
     assert "--head" in head and "--dashboard-host=0.0.0.0" in head
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    # Only the GCS's own Redis (fault tolerance) may be on Redis's port.
+    starts = [re.sub(r"RAY_REDIS_ADDRESS=\S+", "", command) for command in starts]
     assert not any(str(REDIS_PORT) in command for command in starts)
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         first = shlex.split(config[key][0])
@@ -526,3 +528,47 @@ def test_rayservice_pods() -> None:
         limits = containers[name]["resources"]["limits"]
         assert gpus <= quantity(limits["nvidia.com/gpu"]) == 1
         assert cpus <= quantity(limits["cpu"]), f"the models need {cpus} CPUs in one {name} pod"
+
+
+def app_cpu_floor(service: ServiceConfig) -> float:
+    """CPUs the ingress and the job runner ask for at their replica counts."""
+    d = service.deployments
+    return sum(s.num_cpus * s.num_replicas for s in (d.ingress, d.runner))
+
+
+def test_the_head_runs_no_replica_and_keeps_its_state_in_a_redis_of_its_own() -> None:
+    """Losing the head must not be an outage: no application replica may sit on it (all of
+    them ask for CPUs, the head offers none), a CPU group of at least two nodes holds the
+    ingress and the runner, and the GCS keeps its state in a Redis that is not the job store."""
+    config = cluster()
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0, "GPU": 0}
+    service = cluster_service(config)
+    cpu_types = [t for n, t in types.items() if t is not head and t["resources"]["GPU"] == 0]
+    assert cpu_types and all(t["min_workers"] >= 2 for t in cpu_types)
+    assert max(t["resources"]["CPU"] for t in cpu_types) >= app_cpu_floor(service)
+    start = " ".join(config["head_start_ray_commands"])
+    gcs_redis = re.search(r"RAY_REDIS_ADDRESS=(\S+)", start)
+    assert gcs_redis, "the head starts without GCS fault tolerance"
+    assert str(service.redis_url) and gcs_redis.group(1) not in str(service.redis_url)
+
+    manifest = rayservice()
+    cluster_spec = manifest["spec"]["rayClusterConfig"]
+    assert cluster_spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    ft = cluster_spec["gcsFaultToleranceOptions"]
+    job_store = str(kuberay_service(manifest).redis_url)
+    assert ft["redisAddress"] and ft["redisAddress"] not in job_store
+    assert ft["redisPassword"]["valueFrom"]["secretKeyRef"]["name"]
+    specs = pod_specs(manifest)
+    cpu_groups = [
+        g
+        for g in cluster_spec["workerGroupSpecs"]
+        if "nvidia.com/gpu" not in ray_container(specs[g["groupName"]])["resources"]["limits"]
+    ]
+    assert cpu_groups and all(g["minReplicas"] >= 2 for g in cpu_groups)
+    limits = [
+        quantity(ray_container(specs[g["groupName"]])["resources"]["limits"]["cpu"])
+        for g in cpu_groups
+    ]
+    assert max(limits) >= app_cpu_floor(kuberay_service(manifest))
