@@ -102,6 +102,18 @@ class ReplicaSettings(_Model):
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(64, ge=-1)
 
+    @model_validator(mode="after")
+    def _target_reachable(self) -> ReplicaSettings:
+        # Ray's guidance: max_ongoing_requests about 1.2-1.5x the autoscaling target. Below
+        # the target, replicas never get the load the autoscaler waits for.
+        a = self.autoscaling
+        if a is not None and self.max_ongoing_requests < a.target_ongoing_requests:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= "
+                f"autoscaling.target_ongoing_requests ({a.target_ongoing_requests:g})"
+            )
+        return self
+
     def ray_actor_options(self, use_gpus: bool) -> dict[str, Any]:
         options: dict[str, Any] = {"num_cpus": self.num_cpus}
         if use_gpus and self.num_gpus > 0:
@@ -123,8 +135,15 @@ class ReplicaSettings(_Model):
 
 
 class BatchSettings(_Model):
-    """``@serve.batch`` knobs; they reach replicas as ``user_config`` (changed live by
-    ``reconfigure``, no restart). ``enabled: false`` calls the model once per request."""
+    """``@serve.batch`` knobs; they reach replicas as ``user_config`` (applied by
+    ``reconfigure``). ``enabled: false`` calls the model once per request.
+
+    Batches are counted in items (frames for the detector and the features, face crops for the
+    embedder and the members), summed over the requests merged: a request larger than
+    ``max_batch_size`` is split into pieces that join other requests' batches. On a GPU each
+    batch is one forward pass, so size it to fill the GPU (hundreds of crops); on CPU the
+    members still run ``inference.batch_size`` crops at a time.
+    """
 
     enabled: bool = True
     max_batch_size: int = Field(8, ge=1)
@@ -135,16 +154,6 @@ class ModelDeploymentSettings(ReplicaSettings):
     """A model deployment: placement plus dynamic batching."""
 
     batch: BatchSettings = BatchSettings()
-
-    @model_validator(mode="after")
-    def _batch_fits(self) -> ModelDeploymentSettings:
-        # Ray 2.60: a batch never grows beyond max_ongoing_requests (RAY_NOTES.md).
-        if self.batch.enabled and self.max_ongoing_requests < self.batch.max_batch_size:
-            raise ValueError(
-                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= "
-                f"batch.max_batch_size ({self.batch.max_batch_size}), or batches never fill"
-            )
-        return self
 
     def deployment_options(self, use_gpus: bool) -> dict[str, Any]:
         return {**super().deployment_options(use_gpus), "user_config": self.batch.model_dump()}

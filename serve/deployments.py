@@ -145,7 +145,8 @@ class FeaturesServer:
 class MemberServer:
     """One ensemble member (paper 3.2): each request a list of face crops, each answer the
     ``(N_i,)`` float64 sigmoid probabilities. Crops of all requests go through the network
-    together, ``settings.batch_size`` at a time."""
+    together: in one forward pass on a GPU, ``settings.batch_size`` at a time on CPU (larger
+    batches only cost memory there)."""
 
     def __init__(self, name: str, settings: InferenceSettings) -> None:
         directory = resolve_model_dir(settings.model_dir)
@@ -165,7 +166,7 @@ class MemberServer:
     def predict_many(self, requests: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
         flat = [crop for crops in requests for crop in crops]
         probs = np.zeros(len(flat), dtype=np.float64)
-        step = self.settings.batch_size
+        step = max(len(flat), 1) if self.device.type == "cuda" else self.settings.batch_size
         with self._lock:
             for start in range(0, len(flat), step):
                 chunk = flat[start : start + step]
@@ -202,30 +203,55 @@ def replica_placement() -> dict[str, Any]:
     }
 
 
+def batch_items(requests: list[Any]) -> int:
+    """A batch's size in items (frames or crops), not requests: ``@serve.batch``'s
+    ``batch_size_fn``."""
+    return sum(len(r) for r in requests)
+
+
+def request_pieces(request: Any, step: int) -> list[Any]:
+    """A request (a list of frames or crops) in pieces of at most ``step`` items."""
+    return [request[i : i + step] for i in range(0, len(request), step)]
+
+
+def joined_answers(parts: list[Any]) -> Any:
+    """The answers to the pieces of one request, as the answer to the whole."""
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return [item for part in parts for item in part]
+
+
 class _BatchedModel:
-    """The Serve side of a model server: ``@serve.batch`` and its live knobs.
+    """The Serve side of a model server: ``@serve.batch`` by items and its live knobs.
 
     Subclasses set ``self._run_many`` (the server's ``*_many`` method) in ``__init__``.
     """
 
     _run_many: Any
     _batching: bool = True
+    _max_items: int = 8
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         knobs = BatchSettings.model_validate(user_config or {})
         self._batching = knobs.enabled
+        self._max_items = knobs.max_batch_size
         batched: Any = self._batched  # @serve.batch adds the setters
         batched.set_max_batch_size(knobs.max_batch_size)
         batched.set_batch_wait_timeout_s(knobs.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, batch_size_fn=batch_items)
     async def _batched(self, requests: list[Any]) -> list[Any]:
         return await asyncio.to_thread(self._run_many, requests)
 
     async def _call(self, request: Any) -> Any:
-        if self._batching:
+        if not self._batching:
+            return (await asyncio.to_thread(self._run_many, [request]))[0]
+        step = self._max_items
+        if len(request) <= step:
             return await self._batched(request)
-        return (await asyncio.to_thread(self._run_many, [request]))[0]
+        # Larger than a batch: in pieces, each joining (or forming) a batch of its own.
+        pieces = request_pieces(request, step)
+        return joined_answers(list(await asyncio.gather(*(self._batched(p) for p in pieces))))
 
     async def placement(self) -> dict[str, Any]:
         return replica_placement()

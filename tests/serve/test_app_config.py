@@ -101,10 +101,10 @@ def test_config_yaml_builds_the_application(tmp_path: Path, model_dir: Path) -> 
     member = by_name[models[-1]]
     assert member.user_config == {
         "enabled": True,
-        "max_batch_size": 16,
+        "max_batch_size": 64,
         "batch_wait_timeout_s": 0.02,
     }
-    assert member.max_ongoing_requests == 32
+    assert member.max_ongoing_requests == 12
     assert by_name["FaceDetector"].num_replicas == 1
     # Serve waits for the runner to hand its jobs back before it kills the replica.
     runner = by_name["JobRunner"]
@@ -194,7 +194,9 @@ def test_resolved_paths_and_validation(tmp_path: Path, model_dir: Path) -> None:
     assert isinstance(config.storage, LocalStorageConfig)
     assert config.storage.root == tmp_path / "artefacts"
     with pytest.raises(ValueError, match="max_ongoing_requests"):
-        ModelDeploymentSettings(max_ongoing_requests=4, batch={"max_batch_size": 8})
+        ModelDeploymentSettings(
+            max_ongoing_requests=4, autoscaling={"target_ongoing_requests": 8, "max_replicas": 2}
+        )
     with pytest.raises(ValueError, match="heartbeat"):
         JobSettings(heartbeat_s=10, stale_after_s=15)
     with pytest.raises(ValueError, match="galleries"):

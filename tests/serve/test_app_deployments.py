@@ -19,6 +19,9 @@ from serve.deployments import (
     EmbedderServer,
     FeaturesServer,
     MemberServer,
+    batch_items,
+    joined_answers,
+    request_pieces,
     split_answers,
 )
 
@@ -76,3 +79,23 @@ def test_features_server_and_missing_embedder(frames: list[np.ndarray], tmp_path
     assert embedder.describe()["available"] is False
     with pytest.raises(ModelError, match="no face-embedding weights"):
         embedder.embed_many([[frames[0]]])
+
+
+def test_a_request_larger_than_a_batch_goes_in_pieces_and_comes_back_whole(
+    frames: list[np.ndarray], model_dir: Path, local_models: LocalModels
+) -> None:
+    """Batches count crops (frames for the detector): a request larger than a batch goes in
+    pieces of at most ``max_batch_size`` items, and the pieces' answers join into the answer
+    the whole request gets (the service's end-to-end tests check the same through Serve)."""
+    settings = InferenceSettings(model_dir=model_dir, backend="torch", device="cpu")
+    crops = [crop(f, d) for f in frames for d in local_models.detect_faces([f])[0]]
+    assert len(crops) > 3
+    assert batch_items([crops, crops[:1], []]) == len(crops) + 1
+    server = MemberServer(local_models.ensemble.members[0].name, settings)
+    pieces = request_pieces(crops, 3)
+    assert [len(p) for p in pieces[:-1]] == [3] * (len(pieces) - 1) and len(pieces[-1]) <= 3
+    whole = server.predict_many([crops])[0]
+    np.testing.assert_allclose(joined_answers(server.predict_many(pieces)), whole, atol=1e-5)
+    detector = DetectorServer(FaceSettings())
+    answers = joined_answers(detector.detect_many(request_pieces(frames, 2)))
+    assert [len(a) for a in answers] == [len(a) for a in detector.detect_many([frames])[0]]
