@@ -101,6 +101,9 @@ class ReplicaSettings(_Model):
     num_gpus: float = Field(0.0, ge=0, le=1)
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(64, ge=-1)
+    #: At most this many replicas on one node (None: no limit); 1 spreads the replicas over
+    #: the nodes, so that losing one node leaves the others serving.
+    max_replicas_per_node: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _target_reachable(self) -> ReplicaSettings:
@@ -127,6 +130,8 @@ class ReplicaSettings(_Model):
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
         }
+        if self.max_replicas_per_node is not None:
+            options["max_replicas_per_node"] = self.max_replicas_per_node
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.model_dump()
         else:

@@ -548,6 +548,9 @@ def test_the_head_runs_no_replica_and_keeps_its_state_in_a_redis_of_its_own() ->
     cpu_types = [t for n, t in types.items() if t is not head and t["resources"]["GPU"] == 0]
     assert cpu_types and all(t["min_workers"] >= 2 for t in cpu_types)
     assert max(t["resources"]["CPU"] for t in cpu_types) >= app_cpu_floor(service)
+    # Two job runners and two ingress replicas, never two on one node.
+    for replica in (service.deployments.runner, service.deployments.ingress):
+        assert replica.num_replicas >= 2 and replica.max_replicas_per_node == 1
     start = " ".join(config["head_start_ray_commands"])
     gcs_redis = re.search(r"RAY_REDIS_ADDRESS=(\S+)", start)
     assert gcs_redis, "the head starts without GCS fault tolerance"

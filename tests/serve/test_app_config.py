@@ -108,6 +108,7 @@ def test_config_yaml_builds_the_application(tmp_path: Path, model_dir: Path) -> 
     assert by_name["FaceDetector"].num_replicas == 1
     # Serve waits for the runner to hand its jobs back before it kills the replica.
     runner = by_name["JobRunner"]
+    assert runner._replica_config.max_replicas_per_node == 1
     grace = runner._deployment_config.graceful_shutdown_timeout_s
     assert grace == config.jobs.shutdown_grace_s + 5.0
 
