@@ -9,6 +9,7 @@ import importlib
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -575,3 +576,42 @@ def test_the_head_runs_no_replica_and_keeps_its_state_in_a_redis_of_its_own() ->
         for g in cpu_groups
     ]
     assert max(limits) >= app_cpu_floor(kuberay_service(manifest))
+
+
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def dockerfile_args() -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE.read_text(), flags=re.MULTILINE))
+
+
+def test_the_image_is_rays_at_the_pinned_versions_with_the_project_installed_pinned() -> None:
+    """The Dockerfile the RayService's image is built from: Ray's image at the Ray and Python
+    the constraints pin, the project installed with them, no weights, no entrypoint (KubeRay
+    starts Ray itself), and the tag the RayService names is this version."""
+    text = DOCKERFILE.read_text()
+    args = dockerfile_args()
+    pins = dict(
+        line.split("==", 1)
+        for line in (REPO / "deploy/constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    assert args["RAY_VERSION"] == pins["ray"] == ray.__version__
+    assert args["PYTHON"] == f"py3{sys.version_info.minor}"
+    (base,) = re.findall(r"^FROM (\S+)$", text, flags=re.MULTILINE)
+    assert base == "rayproject/ray:${RAY_VERSION}-${PYTHON}-${VARIANT}"
+    assert args["VARIANT"].startswith("cu") and "VARIANT=cpu" in text  # both variants
+    install = re.search(r"pip install .*?(?<!\\)\n", text, flags=re.DOTALL)
+    assert install and "-c deploy/constraints.txt ." in install.group(0).replace("\\\n", " ")
+    # Every package the wheel holds is copied; nothing else (no weights, no tests).
+    packages = {"pipeline", "serve", "batch", "evaluation", "bench", "dfd"}
+    copied = set(re.findall(r"^COPY \S+ (\S+) \1$", text, flags=re.MULTILINE))
+    assert packages <= copied and copied <= packages | {"deploy/constraints.txt"}
+    assert not re.search(r"\.(pt|pth|onnx|h5)\b|models/", text.split("FROM", 1)[1])
+    assert not re.search(r"^(ENTRYPOINT|CMD)\b", text, flags=re.MULTILINE)
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", ".venv*", "tests", "runs"} <= set(ignored)
+    # The image the RayService runs is this version's, as the README builds it.
+    for pod in pod_specs(rayservice()).values():
+        assert ray_container(pod)["image"] == f"ghcr.io/dfd-project/dfd:{__version__}"
+    assert f"docker build -t ghcr.io/dfd-project/dfd:{__version__} ." in text
