@@ -29,3 +29,15 @@ def test_the_ray_internals_dfd_status_reads_are_still_there() -> None:
     assert {"required_resources", "replicas"} <= fields
     assert {"replica_id", "state", "node_id", "actor_name"} <= set(ReplicaDetails.model_fields)
     assert "timeout_s" in inspect.signature(ray.serve.handle.DeploymentResponse.result).parameters
+
+
+def test_ray_data_still_takes_max_task_retries_as_a_remote_argument() -> None:
+    """The stages of a dataset run pass ``max_task_retries`` to ``map_batches`` as a remote
+    argument (batch/stream.py): Ray 2.60 deprecates such arguments and offers no named one for
+    it, and without it a video that kills its worker is retried forever. When Ray drops them
+    (announced for 2.64), or gives it a named parameter, this fails: move the setting there."""
+    import ray.data
+
+    kinds = {p.kind for p in inspect.signature(ray.data.Dataset.map_batches).parameters.values()}
+    assert inspect.Parameter.VAR_KEYWORD in kinds
+    assert "max_task_retries" not in inspect.signature(ray.data.Dataset.map_batches).parameters
