@@ -221,6 +221,12 @@ class S3StorageConfig(_Model):
     region: str = "us-east-1"
     prefix: str = ""
     create_bucket: bool = False
+    #: The bucket's address as clients reach it (a public MinIO or S3 URL). When set, artefact
+    #: and media downloads are answered with a redirect to a URL presigned for it, valid
+    #: ``download_expires_s``, so large bodies bypass the Serve proxy; None streams them
+    #: through the service.
+    public_endpoint_url: str | None = None
+    download_expires_s: int = Field(900, ge=60, le=7 * 24 * 3600)
 
 
 StorageConfig = Annotated[LocalStorageConfig | S3StorageConfig, Field(discriminator="kind")]
@@ -401,6 +407,8 @@ class ServiceConfig(_Model):
                 secret_key=storage.secret_key.get_secret_value() if storage.secret_key else None,
                 region=storage.region,
                 prefix=storage.prefix,
+                public_endpoint_url=storage.public_endpoint_url,
+                download_expires_s=storage.download_expires_s,
             )
             if storage.create_bucket:
                 s3.ensure_bucket()

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
@@ -229,6 +229,13 @@ class JobsService:
         except InvalidArtefactKeyError as exc:
             raise ProblemError.of("not-found", f"job {job.id} has no artefact {path!r}") from exc
         info = self.ctx.storage.stat(key)
+        direct = self.ctx.storage.download_url(key) if request.method == "GET" else None
+        if direct is not None:
+            # Large bodies off the Serve proxy: the client fetches (Range included) from the
+            # bucket. The redirect is cached less long than the URL stays valid.
+            return RedirectResponse(
+                direct, status_code=307, headers={"Cache-Control": "private, max-age=60"}
+            )
         etag = '"' + hashlib.sha256(f"{key}:{info.size}".encode()).hexdigest()[:16] + '"'
         headers = {
             "Accept-Ranges": "bytes",

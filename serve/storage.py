@@ -161,6 +161,11 @@ class ArtefactStorage(ABC):
         """A time-limited URL a client can fetch directly, where the backend offers one."""
         return None
 
+    def download_url(self, key: str) -> str | None:
+        """Where a client should download ``key`` from instead of through the service (large
+        bodies off the Serve proxy), or None to stream it here."""
+        return None
+
 
 # ---------------------------------------------------------------------------------------------
 # Local folder
@@ -350,6 +355,8 @@ class S3Storage(ArtefactStorage):
         prefix: str = "",
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 60.0,
+        public_endpoint_url: str | None = None,
+        download_expires_s: int = 900,
     ) -> None:
         import boto3
         from botocore.config import Config
@@ -374,6 +381,18 @@ class S3Storage(ArtefactStorage):
                 retries={"max_attempts": 3, "mode": "standard"},
             ),
         )
+        self.download_expires_s = download_expires_s
+        #: Presigns URLs with the address clients reach the bucket at (signing makes no call).
+        self._public: Any = None
+        if public_endpoint_url is not None:
+            self._public = boto3.client(
+                "s3",
+                endpoint_url=public_endpoint_url,
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+                region_name=region,
+                config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
+            )
 
     def _object(self, key: str) -> str:
         return self.prefix + validate_key(key)
@@ -477,8 +496,17 @@ class S3Storage(ArtefactStorage):
 
     def presigned_url(self, key: str, expires_s: int = 3600) -> str:
         """A GET URL valid for ``expires_s`` seconds (no request to the server is made)."""
+        return self._presign(self._client, key, expires_s)
+
+    def download_url(self, key: str) -> str | None:
+        """A presigned GET URL at the public endpoint, when one is configured."""
+        if self._public is None:
+            return None
+        return self._presign(self._public, key, self.download_expires_s)
+
+    def _presign(self, client: Any, key: str, expires_s: int) -> str:
         return str(
-            self._client.generate_presigned_url(
+            client.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": self._object(key)},
                 ExpiresIn=int(expires_s),

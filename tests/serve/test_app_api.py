@@ -577,6 +577,7 @@ def test_redis_and_s3_backends_end_to_end(
                     access_key="test",
                     secret_key="test",
                     create_bucket=True,
+                    public_endpoint_url=endpoint,
                 ),
             )
             _, key = cfg.resolved().open_key_store().create_key("redis-test")
@@ -587,13 +588,20 @@ def test_redis_and_s3_backends_end_to_end(
                 assert wait_job(http, job_id, timeout=120)["status"] == "done"
                 result = http.get(f"/v1/jobs/{job_id}/result").json()
                 assert result["source"]["media_type"] == "video" and result["faces_total"] > 0
-                gallery = http.get(result["shots"][0]["gallery"])
+                # Downloads go straight to the bucket (presigned), not through the service.
+                redirect = http.get(result["shots"][0]["gallery"])
+                assert redirect.status_code == 307
+                assert redirect.headers["location"].startswith(endpoint)
+                gallery = httpx.get(redirect.headers["location"], timeout=10)
                 assert gallery.status_code == 200 and gallery.content[:3] == b"\xff\xd8\xff"
                 data = video.read_bytes()
-                part = http.get(
-                    f"/v1/jobs/{job_id}/artefacts/source.mp4", headers={"Range": "bytes=0-1023"}
-                )
+                source = f"/v1/jobs/{job_id}/artefacts/source.mp4"
+                location = http.get(source).headers["location"]
+                part = httpx.get(location, headers={"Range": "bytes=0-1023"}, timeout=10)
                 assert part.status_code == 206 and part.content == data[:1024]
+                head = http.head(source)  # metadata still from the service
+                assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
+                assert http.get(f"/v1/jobs/{job_id}/artefacts/nope.jpg").status_code == 404
                 again = http.post("/v1/jobs", json={"url": url}).json()
                 assert again["cached"] is True and again["status"] == "done"
                 assert media_server.hits("/d0.mp4") == 1

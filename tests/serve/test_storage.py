@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -31,7 +32,7 @@ def s3_endpoint() -> Iterator[str]:
         yield endpoint
 
 
-def _s3(endpoint: str, bucket: str, prefix: str = "") -> S3Storage:
+def _s3(endpoint: str, bucket: str, prefix: str = "", **kwargs: Any) -> S3Storage:
     return S3Storage(
         bucket,
         endpoint_url=endpoint,
@@ -39,6 +40,7 @@ def _s3(endpoint: str, bucket: str, prefix: str = "") -> S3Storage:
         secret_key="test-secret",
         region="us-east-1",
         prefix=prefix,
+        **kwargs,
     )
 
 
@@ -219,6 +221,12 @@ def test_s3_presigned_url_is_fetchable_and_prefix_is_applied(s3_endpoint: str) -
     r = httpx.get(url, timeout=10)
     assert r.status_code == 200
     assert r.content == DATA and r.headers["content-type"] == "image/jpeg"
+    # Downloads stay with the service unless a public endpoint is configured.
+    assert store.download_url("jobs/j/g.jpg") is None
+    public = _s3(s3_endpoint, bucket, prefix="svc/v1/", public_endpoint_url=s3_endpoint)
+    direct = public.download_url("jobs/j/g.jpg")
+    assert direct is not None and direct.startswith(s3_endpoint) and "Expires=900" in direct
+    assert httpx.get(direct, timeout=10).content == DATA
     # Objects live under the prefix; an unprefixed store over the same bucket sees the full key.
     raw = _s3(s3_endpoint, bucket)
     assert raw.list_keys("svc/") == ["svc/v1/jobs/j/g.jpg"]
