@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from serve.context import ApiContext
 from serve.jobstore import JobStatus
 from serve.problems import make_problem, problem_response
+from serve.routes.access import Caller
 
 __all__ = ["install_request_metrics", "operations_router"]
 
@@ -81,8 +82,9 @@ def operations_router(ctx: ApiContext, registry: CollectorRegistry) -> APIRouter
         return JSONResponse({"status": "ready", "models": len(info.get("models", []))})
 
     @router.get("/metrics", tags=["operations"], response_class=Response)
-    async def metrics() -> Response:
-        """Prometheus metrics of this ingress replica, the job store and the runner."""
+    async def metrics(_caller: Caller) -> Response:
+        """Prometheus metrics of this ingress replica, the job store and the runner; with
+        ``auth.mode: keys`` a scraper needs a key like any client."""
         counts = await run_in_threadpool(lambda: {s: ctx.store.count(s) for s in JobStatus})
         for status, n in counts.items():
             jobs_gauge.labels(str(status)).set(n)

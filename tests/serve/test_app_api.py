@@ -242,6 +242,10 @@ def test_keys_own_their_jobs(
         assert b.get("/v1/jobs").json() == []
         assert_problem(b.delete(f"/v1/jobs/{job_id}"), "forbidden", 403)
         assert a.delete(f"/v1/jobs/{job_id}").status_code == 204
+        # Metrics are not public either when keys are on (a scraper gets a key).
+        with svc.client() as anonymous:
+            assert_problem(anonymous.get("/metrics"), "unauthorized", 401)
+        assert "dfd_jobs" in a.get("/metrics").text
 
 
 # ---------------------------------------------------------------------------------------------
