@@ -47,6 +47,8 @@ class EvaluateBenchSettings(BaseModel):
     #: Model actors in the pool, and logical CPUs of each.
     actors: int
     cpus_per_actor: float
+    #: Shots per ensemble call (``dfd evaluate --score-batch``).
+    score_batch: int = 16
     #: Frames per shot for faces.
     max_frames: int
     #: Also time the plain loop.
@@ -185,7 +187,8 @@ def _evaluation_config(s: EvaluateBenchSettings, manifest: Path, out: Path) -> E
 
     return EvaluationConfig(
         dataset="csv", root=manifest, out=out, analysis=analysis, per_face=False,
-        decode=StageSettings(num_cpus=s.cpus_per_actor), detect=stage(2), score=stage(16),
+        decode=StageSettings(num_cpus=s.cpus_per_actor), detect=stage(2),
+        score=stage(s.score_batch),
     )  # fmt: skip
 
 
@@ -226,6 +229,7 @@ def _pool_run(
     figures["pool"] = {
         "actors": config.score.actors,
         "cpus_per_actor": config.score.num_cpus,
+        "score_batch": config.score.batch_size,
         "wall_s": wall,
         "first_row_s": first,
         "videos_per_min": len(rows) / wall * 60,
@@ -303,7 +307,8 @@ def _print_evaluate(f: dict[str, Any]) -> None:
         table.add_column(col, justify="right" if col != "mode" else "left")
     p = f["pool"]
     table.add_row(
-        f"staged run ({p['actors']} actors per model stage x {p['cpus_per_actor']:g} CPU)",
+        f"staged run ({p['actors']} actors per model stage x {p['cpus_per_actor']:g} CPU, "
+        f"{p.get('score_batch', 16)} shots per ensemble call)",
         f"{p['videos_per_min']:.1f}",
         f"{p['videos_per_min_steady']:.1f}",
         f"{p['wall_s']:.0f}",

@@ -186,6 +186,7 @@ def evaluate(
         int, typer.Option(help="Actors of each model stage (detection, ensemble).")
     ] = 1,
     cpus_per_actor: Annotated[float, typer.Option(help="Logical CPUs per actor.")] = 0.5,
+    score_batch: Annotated[int, typer.Option(help="Shots per ensemble call.")] = 16,
     max_frames: Annotated[int, typer.Option(help="Frames per shot for faces.")] = 16,
     sequential: Annotated[bool, typer.Option(help="Also time the plain loop.")] = True,
     loop_threads: Annotated[
@@ -207,6 +208,7 @@ def evaluate(
         device=device,
         actors=actors,
         cpus_per_actor=cpus_per_actor,
+        score_batch=score_batch,
         max_frames=max_frames,
         sequential=sequential,
         loop_threads=loop_threads,
