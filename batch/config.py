@@ -121,15 +121,17 @@ class StagedRunSettings(RayRunSettings):
         """Actors that may take a GPU share (face detection and the last stage)."""
         return self.detect.actors + self.final_stage().actors
 
+    def actor_pools(self) -> tuple[StageSettings, ...]:
+        """The stages that run as actor pools: decoding, face detection, the last stage."""
+        return (self.decode, self.detect, self.final_stage())
+
     def reserved_cpus(self) -> float:
         """Logical CPUs the stages' actors reserve, plus one face-tracks task."""
-        pools = (self.decode, self.detect, self.final_stage())
-        return sum(p.actors * p.num_cpus for p in pools) + self.tracks_num_cpus
+        return sum(p.actors * p.num_cpus for p in self.actor_pools()) + self.tracks_num_cpus
 
     def reserved_memory_mb(self) -> int:
         """Memory the stages' actors reserve (MiB; stages with ``memory_mb`` set)."""
-        pools = (self.decode, self.detect, self.final_stage())
-        return sum(p.actors * (p.memory_mb or 0) for p in pools)
+        return sum(p.actors * (p.memory_mb or 0) for p in self.actor_pools())
 
     def stage_json(self) -> str:
         """The :class:`StagedRunSettings` fields alone, as the stages' actors read them."""

@@ -19,6 +19,7 @@ from dfd.common import (
     config_error,
     err_console,
     out_console,
+    stage_layout,
 )
 
 if TYPE_CHECKING:
@@ -88,7 +89,6 @@ def attack(
     from pydantic import ValidationError
 
     from batch.attack import AttackRunSettings, AttackSettings
-    from batch.config import StageSettings
     from batch.datasets import read_dataset
     from pipeline.analyze import AnalysisSettings
     from pipeline.faces import FaceSettings
@@ -107,24 +107,17 @@ def attack(
             max_frames_per_shot=max_frames_per_shot,
             device=device if device.startswith("cuda") else "cpu",
         )
+        stages = stage_layout(
+            decode_actors=decode_actors, actors=actors, cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor, actor_memory_mb=actor_memory_mb,
+            detect_batch=detect_batch, final_batch=attack_batch,
+        )  # fmt: skip
         settings = AttackRunSettings(
             analysis=AnalysisSettings(inference=inference, faces=faces, galleries=False),
             attack=attack_settings,
-            decode=StageSettings(actors=decode_actors, num_cpus=cpus_per_actor),
-            detect=StageSettings(
-                actors=actors,
-                num_cpus=cpus_per_actor,
-                num_gpus=gpus_per_actor,
-                memory_mb=actor_memory_mb,
-                batch_size=detect_batch,
-            ),
-            attackers=StageSettings(
-                actors=actors,
-                num_cpus=cpus_per_actor,
-                num_gpus=gpus_per_actor,
-                memory_mb=actor_memory_mb,
-                batch_size=attack_batch,
-            ),
+            decode=stages["decode"],
+            detect=stages["detect"],
+            attackers=stages["final"],
             object_store_mb=object_store_mb,
             torch_threads=torch_threads,
             examples=examples,

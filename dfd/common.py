@@ -85,6 +85,33 @@ def config_error(exc: ValidationError, *, tidy: bool = False) -> ConfigError:
     return ConfigError(f"{where}: {message}" if where else message)
 
 
+def stage_layout(
+    *,
+    decode_actors: int,
+    actors: int,
+    cpus_per_actor: float,
+    gpus_per_actor: float | None,
+    actor_memory_mb: int | None,
+    detect_batch: int,
+    final_batch: int,
+) -> dict[str, Any]:
+    """The stages of a dataset run (``dfd evaluate``, ``dfd attack``) from their shared flags:
+    ``decode``, ``detect`` and ``final`` (the run's last model stage), as ``StageSettings``."""
+    from batch.config import StageSettings
+
+    def model(batch_size: int) -> StageSettings:
+        return StageSettings(
+            actors=actors, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
+            memory_mb=actor_memory_mb, batch_size=batch_size,
+        )  # fmt: skip
+
+    return {
+        "decode": StageSettings(actors=decode_actors, num_cpus=cpus_per_actor),
+        "detect": model(detect_batch),
+        "final": model(final_batch),
+    }
+
+
 def reader_options(options: list[str] | None) -> dict[str, Any]:
     """``KEY=VALUE`` pairs; values parsed as JSON when they are JSON (lists, numbers)."""
     parsed: dict[str, Any] = {}

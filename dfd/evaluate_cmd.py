@@ -29,6 +29,7 @@ from dfd.common import (
     out_console,
     ray_session,
     reader_options,
+    stage_layout,
 )
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def evaluate(
     """Score a dataset on Ray Data and write per-video predictions (Parquet) and the tables."""
     from pydantic import ValidationError
 
-    from batch.config import EvaluationConfig, StageSettings, batch_analysis_settings
+    from batch.config import EvaluationConfig, batch_analysis_settings
     from pipeline.faces import FaceSettings
     from pipeline.models import InferenceSettings
 
@@ -106,6 +107,11 @@ def evaluate(
         faces = FaceSettings(
             max_frames_per_shot=max_frames, device=device if device.startswith("cuda") else "cpu"
         )
+        stages = stage_layout(
+            decode_actors=decode_actors, actors=actors, cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor, actor_memory_mb=actor_memory_mb,
+            detect_batch=detect_batch, final_batch=score_batch,
+        )  # fmt: skip
         config = EvaluationConfig(
             dataset=dataset,
             root=root,
@@ -115,21 +121,9 @@ def evaluate(
             analysis=batch_analysis_settings().model_copy(
                 update={"inference": inference, "faces": faces}
             ),
-            decode=StageSettings(actors=decode_actors, num_cpus=cpus_per_actor),
-            detect=StageSettings(
-                actors=actors,
-                num_cpus=cpus_per_actor,
-                num_gpus=gpus_per_actor,
-                memory_mb=actor_memory_mb,
-                batch_size=detect_batch,
-            ),
-            score=StageSettings(
-                actors=actors,
-                num_cpus=cpus_per_actor,
-                num_gpus=gpus_per_actor,
-                memory_mb=actor_memory_mb,
-                batch_size=score_batch,
-            ),
+            decode=stages["decode"],
+            detect=stages["detect"],
+            score=stages["final"],
             object_store_mb=object_store_mb,
             per_face=per_face,
             serve_app=serve_app,
