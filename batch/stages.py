@@ -190,11 +190,19 @@ def each_or_all(
     run: Callable[[Sequence[ShotTask]], None],
 ) -> None:
     """``run`` on all ``tasks`` at once (batched across videos); when that fails, on each task
-    alone, so that one bad shot fails only its own video."""
+    alone, so that one bad shot fails only its own video.
+
+    ``run`` may have finished some tasks before it failed: every task's fields are put back as
+    they were before the retry (``run`` reassigns a task's fields and never changes a field's
+    value in place, so a shallow copy is enough), else a finished task would be run again on
+    what it had already consumed (a detected shot has no frames left)."""
+    before = [dict(vars(task)) for task in tasks]
     try:
         run(tasks)
     except Exception:
         log.warning("%s failed on a batch of %d shots; retrying one by one", stage, len(tasks))
+        for task, fields in zip(tasks, before, strict=True):
+            vars(task).update(fields)
         for task in tasks:
             try:
                 run([task])

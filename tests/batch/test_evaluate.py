@@ -8,11 +8,12 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
@@ -21,6 +22,7 @@ from batch.config import EvaluationConfig, StageSettings
 from batch.datasets import VideoRow, read_dataset
 from batch.evaluate import analysis_digest, run_evaluation, score_sequentially
 from batch.execution import check_lost
+from batch.stages import ShotTask, each_or_all
 from batch.stream import gpu_share
 from evaluation.metrics import aggregate_to_video
 from evaluation.run_metrics import compute_run_metrics
@@ -113,6 +115,29 @@ def _face(video_id: str, score: float) -> dict[str, Any]:
         "frame_index": 0,
         "score": score,
     }
+
+
+def test_a_batch_failing_midway_is_retried_from_where_each_shot_started() -> None:
+    """A stage call that fails after finishing some shots of its batch: each shot is retried
+    alone from the fields it had before the call (a finished shot has consumed its frames), so
+    only the failing shot's video fails."""
+    frame = (0, 0.0, np.zeros((4, 4, 3), np.uint8))
+    tasks = [
+        ShotTask(item={"video_id": v}, part=0, last=True, kind="video", frames=[frame, frame])
+        for v in "abc"
+    ]
+
+    def detect(batch: Sequence[ShotTask]) -> None:
+        for task in batch:
+            if task.video_id == "b":
+                raise RuntimeError("no detector for b")
+            task.n_frames, task.frames = len(task.frames), []
+
+    each_or_all(tasks, "detect", detect)
+    a, b, c = tasks
+    assert (a.kind, a.n_frames, c.kind, c.n_frames) == ("video", 2, "video", 2)
+    assert b.kind == "error" and b.error is not None
+    assert b.error["error"] == "face detection: RuntimeError: no detector for b"
 
 
 def test_run_folder_newest_part_wins_and_faces_follow(tmp_path: Path) -> None:
@@ -493,6 +518,43 @@ def test_killed_score_actor_loses_no_video(
         expected = reference[row["video_id"]]
         assert (row["n_faces"], row["n_shots"]) == (expected["n_faces"], expected["n_shots"])
         assert row["score"] == pytest.approx(expected["score"], abs=1e-2)
+
+
+@pytest.mark.ray
+def test_a_video_failing_in_face_detection_is_one_error_row(
+    csv_run: tuple[EvaluationConfig, list[VideoRow]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The face detector fails on one video (on the whole call when shots of several videos share
+    it): that video is one error row naming the stage, and every other video is scored as in the
+    reference run, none lost and none twice."""
+    from tests.support.faults import DetectStageFailingOnWidth
+
+    config, rows = csv_run
+    ends = ("liveportrait_d0.mp4", "ffpp_c23_004.mp4", "ffpp_c23_004_982.mp4", "obama_small.jpg")
+    chosen = [r for r in rows if r.path.endswith(ends)]
+    assert len(chosen) == 4
+    monkeypatch.setattr("batch.stream.DetectStage", DetectStageFailingOnWidth)
+    staged = config.model_copy(
+        update={"out": tmp_path / "failing", "detect": StageSettings(batch_size=8)}
+    )
+    summary = run_evaluation(staged, rows=chosen)
+    assert (summary.processed, summary.errors) == (4, 1)
+    records = _records(RunFolder(staged.out))
+    assert sorted(records) == sorted(r.video_id for r in chosen)
+    failed = next(r for v, r in records.items() if v.endswith("liveportrait_d0.mp4"))
+    assert failed["error"].startswith("face detection: RuntimeError: detector failed on purpose")
+    assert failed["score"] is None and all(failed[member_column(m)] is None for m in MEMBERS)
+    reference = _records(RunFolder(config.out))
+    for vid, row in records.items():
+        if row is failed:
+            continue
+        expected = reference[vid]
+        assert row["error"] is None
+        for column in ("n_faces", "n_faces_detected", "n_tracks", "n_shots", "frames_sampled"):
+            assert row[column] == expected[column], (vid, column)
+        assert row["score"] == pytest.approx(expected["score"], abs=1e-6)
 
 
 @pytest.mark.ray
