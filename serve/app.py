@@ -32,6 +32,7 @@ __all__ = [
     "APP_NAME",
     "build_app",
     "build_app_from_env",
+    "deployment_entries",
     "member_deployment_name",
     "model_deployment_names",
 ]
@@ -61,6 +62,10 @@ def model_deployment_names(config: ServiceConfig) -> list[str]:
 
 #: Seconds Serve waits for a stopping job runner beyond its ``jobs.shutdown_grace_s``.
 RUNNER_SHUTDOWN_MARGIN_S = 5.0
+
+
+def _runner_grace_s(cfg: ServiceConfig) -> float:
+    return cfg.jobs.shutdown_grace_s + RUNNER_SHUTDOWN_MARGIN_S
 
 
 def _member_names(cfg: ServiceConfig) -> list[str]:
@@ -118,7 +123,7 @@ def build_app(config: ServiceConfig) -> Application:
             **d.runner.deployment_options(False),
             # A rolling update or scale-down hands running jobs back to the queue after the
             # runner's own grace; Serve must not kill the replica before that.
-            graceful_shutdown_timeout_s=cfg.jobs.shutdown_grace_s + RUNNER_SHUTDOWN_MARGIN_S,
+            graceful_shutdown_timeout_s=_runner_grace_s(cfg),
         )
         .bind(cfg, detector, embedder, features, members)
     )
@@ -127,6 +132,30 @@ def build_app(config: ServiceConfig) -> Application:
         .options(**d.ingress.deployment_options(False))
         .bind(cfg, runner)
     )
+
+
+def deployment_entries(config: ServiceConfig) -> list[dict[str, Any]]:
+    """``config.deployments`` as the ``deployments[]`` entries of a Serve config, one per
+    deployment of the application (members by name: ``Member_<name>``).
+
+    Serve applies these over the options the code sets and changes them live: replica counts,
+    autoscaling, queue limits and ``user_config`` (batch sizes, through ``reconfigure``) without
+    restarting a replica; CPU and GPU shares restart only that deployment's replicas. Settings
+    left in the application's ``args`` are hashed into its code version, so changing them there
+    redeploys every replica, the job runner's included.
+    """
+    cfg = _pin_ensemble(config.resolved())
+    gpus, d = cfg.use_gpus(), cfg.deployments
+    runner = d.runner.serve_entry("JobRunner", False)
+    runner["graceful_shutdown_timeout_s"] = _runner_grace_s(cfg)
+    return [
+        d.ingress.serve_entry("Ingress", False),
+        runner,
+        d.detector.serve_entry("FaceDetector", gpus),
+        d.embedder.serve_entry("FaceEmbedder", gpus),
+        d.features.serve_entry("RegionFeatures", gpus),
+        *(d.members.serve_entry(member_deployment_name(n), gpus) for n in _member_names(cfg)),
+    ]
 
 
 def build_app_from_env(args: dict[str, Any] | None = None) -> Application:

@@ -18,7 +18,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -137,6 +137,41 @@ class ReplicaSettings(_Model):
         else:
             options["num_replicas"] = self.num_replicas
         return options
+
+    def serve_entry(self, name: str, use_gpus: bool) -> dict[str, Any]:
+        """This deployment as an entry of a Serve config's ``applications[].deployments[]``
+        (what ``serve deploy`` applies over the code's options, and changes live)."""
+        entry = {"name": name, **self.deployment_options(use_gpus)}
+        if self.autoscaling is not None:
+            entry["num_replicas"] = "auto"  # Serve's way to say: the autoscaler decides
+        return entry
+
+    @classmethod
+    def from_serve_entry(cls, entry: Mapping[str, Any]) -> Self:
+        """The settings behind a ``deployments[]`` entry (:meth:`serve_entry`'s inverse), so
+        that a Serve YAML's entries are held to the same rules as ``args``.
+
+        Raises:
+            ValueError: an option this service does not set, or a rule broken.
+        """
+        fields: dict[str, Any] = {}
+        known = {"name", "ray_actor_options", "autoscaling_config", "num_replicas", "user_config"}
+        known |= {"graceful_shutdown_timeout_s"}  # the runner's, derived from its jobs settings
+        for key, value in entry.items():
+            if key not in known:
+                fields[key] = value  # same name here and in Serve
+        actor = dict(entry.get("ray_actor_options") or {})
+        fields["num_cpus"] = actor.pop("num_cpus", cls.model_fields["num_cpus"].default)
+        fields["num_gpus"] = actor.pop("num_gpus", 0.0)
+        if actor:
+            raise ValueError(f"{entry.get('name')}: ray_actor_options {sorted(actor)} not used")
+        if entry.get("autoscaling_config") is not None:
+            fields["autoscaling"] = entry["autoscaling_config"]
+        elif entry.get("num_replicas") not in (None, "auto"):
+            fields["num_replicas"] = entry["num_replicas"]
+        if "user_config" in entry:
+            fields["batch"] = entry["user_config"]
+        return cls.model_validate(fields)
 
 
 class BatchSettings(_Model):

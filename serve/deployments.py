@@ -230,9 +230,11 @@ class _BatchedModel:
     _run_many: Any
     _batching: bool = True
     _max_items: int = 8
+    _knobs: BatchSettings = BatchSettings()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         knobs = BatchSettings.model_validate(user_config or {})
+        self._knobs = knobs
         self._batching = knobs.enabled
         self._max_items = knobs.max_batch_size
         batched: Any = self._batched  # @serve.batch adds the setters
@@ -255,6 +257,11 @@ class _BatchedModel:
 
     async def placement(self) -> dict[str, Any]:
         return replica_placement()
+
+    async def batching(self) -> dict[str, Any]:
+        """The batch knobs this replica applies now (``user_config``, changed live) and the
+        replica's id."""
+        return {"replica": serve.get_replica_context().replica_tag, **self._knobs.model_dump()}
 
 
 @serve.deployment(name="FaceDetector")

@@ -28,6 +28,7 @@ from ray.serve.schema import ServeDeploySchema
 from dfd.version import __version__
 from pipeline.models import paper_members
 from serve.config import ReplicaSettings, ServiceConfig, load_config
+from tests.support.serveconfig import deployed
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = REPO / "cluster.yaml"
@@ -191,7 +192,8 @@ def cluster_env(config: Mapping[str, Any]) -> tuple[PurePosixPath, dict[str, str
 def cluster_service(config: Mapping[str, Any]) -> ServiceConfig:
     """What serve/config.yaml deploys on this cluster: its args under the nodes' DFD_* values."""
     _, env = cluster_env(config)
-    return load_config(base=serve_yaml_app()["args"], environ=env)
+    app = serve_yaml_app()
+    return deployed(load_config(base=app["args"], environ=env), app["deployments"])
 
 
 def test_cluster_yaml_validates_against_rays_schema() -> None:
@@ -449,7 +451,8 @@ def kuberay_app(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 def kuberay_service(manifest: Mapping[str, Any]) -> ServiceConfig:
     env = pod_env(ray_container(pod_specs(manifest)["head"]))
-    return load_config(base=kuberay_app(manifest)["args"], environ=env)
+    app = kuberay_app(manifest)
+    return deployed(load_config(base=app["args"], environ=env), app["deployments"])
 
 
 def quantity(value: str | int) -> float:

@@ -1,7 +1,9 @@
-"""A three-node Ray cluster on this machine (:func:`bench.localcluster.local_cluster`, what
-``dfd bench cluster`` runs), each node declaring one GPU, with the whole service deployed on it
-the way ``cluster.yaml`` does: the application built by :func:`serve.app.build_app_from_env`
-from Serve-YAML-like args, with Redis (the real server on 127.0.0.1:6379) and S3 (moto's server
+"""A four-node Ray cluster on this machine (:func:`bench.localcluster.local_cluster`, what
+``dfd bench cluster`` runs): a head that declares no CPU or GPU (it runs Ray and Serve's own
+processes only, as in ``cluster.yaml``) and three workers declaring one GPU each, with the whole
+service deployed on it the way ``serve deploy`` deploys ``serve/config.yaml``: Serve builds the
+application with :func:`serve.app.build_app_from_env` from the YAML's ``args`` and applies its
+``deployments[]`` entries, with Redis (the real server on 127.0.0.1:6379) and S3 (moto's server
 on loopback) given by ``DFD_*`` variables.
 
 Started once for the module that uses it (about two minutes on 2 cores). A Ray instance left by
@@ -21,13 +23,21 @@ import httpx
 import pytest
 import redis
 
-from serve.config import AutoscalingSettings, ModelDeploymentSettings, ReplicaSettings
+from serve.app import deployment_entries
+from serve.config import (
+    AutoscalingSettings,
+    ModelDeploymentSettings,
+    ReplicaSettings,
+    ServiceConfig,
+)
 from tests.serve.conftest import analysis_settings, free_port
 from tests.support.models import make_model_dir
 from tests.support.s3server import moto_s3_server
 
-#: Nodes of the test cluster; each declares this many logical CPUs and one GPU.
-NODES = 3
+#: Nodes of the test cluster, the head included; each worker declares this many logical CPUs
+#: and one GPU, the head none.
+NODES = 4
+WORKERS = NODES - 1
 CPUS_PER_NODE = 3
 #: Autoscaling of the face detector and the five detectors of the ensemble, with delays short
 #: enough for a test. With tiny test models MTCNN is the bottleneck (full-size members would be).
@@ -54,6 +64,8 @@ class RayCluster:
     bucket: str
     model_dir: Path
     args: dict[str, Any]
+    #: The Serve config's ``deployments[]`` entries applied over the application's code.
+    deployments: list[dict[str, Any]]
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=60, **kwargs)
@@ -62,8 +74,9 @@ class RayCluster:
         return list(self.cluster.worker_nodes)
 
 
-def service_args(home: Path, model_dir: Path) -> dict[str, Any]:
-    """The Serve YAML's ``args`` for the test cluster (Redis and S3 come from ``DFD_*``)."""
+def service_args(home: Path, model_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The Serve YAML's ``args`` for the test cluster (Redis and S3 come from ``DFD_*``), and
+    its ``deployments[]`` entries."""
     small = {"num_cpus": 0.25}
     f = GPU_FRACTIONS
     deployments = {
@@ -78,7 +91,7 @@ def service_args(home: Path, model_dir: Path) -> dict[str, Any]:
             num_gpus=f["members"], autoscaling=MODEL_AUTOSCALING, **small
         ),
     }
-    return {
+    args = {
         "home": str(home),
         "auth": {"mode": "off", "anonymous_rate_per_min": 1_000_000},  # tests poll fast
         "gpus": "on",
@@ -89,8 +102,9 @@ def service_args(home: Path, model_dir: Path) -> dict[str, Any]:
             "concurrency": 4,
         },
         "analysis": analysis_settings(model_dir, shot_workers=4).model_dump(mode="json"),
-        "deployments": {k: v.model_dump(mode="json") for k, v in deployments.items()},
     }
+    config = ServiceConfig.model_validate({**args, "deployments": deployments})
+    return args, deployment_entries(config)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +112,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     import ray
     from ray import serve
 
-    from bench.localcluster import deploy, local_cluster
-    from serve.app import build_app_from_env
+    from bench.localcluster import deploy_config, local_cluster
 
     root = tmp_path_factory.mktemp("cluster")
     model_dir = root / "models"
@@ -128,12 +141,16 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         }
         for k, v in env.items():
             mp.setenv(k, v)
-        cluster = stack.enter_context(local_cluster(NODES, cpus_per_node=CPUS_PER_NODE))
+        cluster = stack.enter_context(
+            local_cluster(NODES, cpus_per_node=CPUS_PER_NODE, work_on_head=False)
+        )
         stack.callback(serve.shutdown)
-        args = service_args(root / "home", model_dir)
-        base = deploy(build_app_from_env(args), free_port(), ready_timeout_s=400)
+        args, deployments = service_args(root / "home", model_dir)
+        base = deploy_config(args, deployments, free_port(), ready_timeout_s=400)
         stack.callback(_drop_redis_keys, redis_url, prefix)
-        yield RayCluster(cluster, base, redis_url, prefix, endpoint, bucket, model_dir, args)
+        yield RayCluster(
+            cluster, base, redis_url, prefix, endpoint, bucket, model_dir, args, deployments
+        )
 
 
 def _drop_redis_keys(url: str, prefix: str) -> None:

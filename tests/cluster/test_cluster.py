@@ -1,6 +1,7 @@
-"""The service on a three-node Ray cluster (issue 8): placement with GPU fractions, jobs over
-HTTP with Redis and S3, ``dfd status``, autoscaling under a burst, a batch run spread over the
-nodes, and a node killed under a running video job.
+"""The service on a four-node Ray cluster (issue 8): placement with GPU fractions and nothing
+on the head, jobs over HTTP with Redis and S3, ``dfd status``, autoscaling under a burst, a
+batch run spread over the nodes, settings changed live through the Serve config, and a node
+killed under a running video job.
 
 Tests run in file order and share one cluster; the node-kill test is last because it takes a node
 away.
@@ -8,6 +9,7 @@ away.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -26,9 +28,10 @@ from batch.datasets import VideoRow
 from batch.evaluate import run_evaluation
 from evaluation.runs import RunFolder
 from serve.app import APP_NAME, member_deployment_name
+from serve.jobstore import JobStatus
 from serve.jobstore.redis import RedisJobStore
 from serve.status import ClusterStatus, read_status
-from tests.cluster.conftest import GPU_FRACTIONS, NODES, RayCluster
+from tests.cluster.conftest import GPU_FRACTIONS, NODES, WORKERS, RayCluster
 from tests.serve.conftest import analysis_settings, wait_for, wait_job
 from tests.support.httpserver import LoopbackServer, file_response
 
@@ -74,7 +77,11 @@ def test_every_model_deployment_is_placed_with_its_gpu_fraction(ray_cluster: Ray
     st = read_status(APP_NAME)
     alive = {n.node_id for n in st.nodes if n.alive}
     assert len(alive) == NODES
-    assert all(n.resources["GPU"] == 1.0 for n in st.nodes)
+    (head,) = (n.node_id for n in st.nodes if n.head)
+    assert all(n.resources.get("GPU", 0.0) == (0.0 if n.head else 1.0) for n in st.nodes)
+    # The head runs no replica of the application (it declares no CPU, as in cluster.yaml).
+    placed = {str(r.node_id) for d in st.deployments for r in d.replicas if r.state == "RUNNING"}
+    assert placed and head not in placed
     members = member_names(st)
     assert len(members) == 5
     expected = {**MODEL_GPU, **{m: GPU_FRACTIONS["members"] for m in members}}
@@ -267,9 +274,9 @@ def test_batch_evaluation_spreads_its_actors_over_the_nodes(
         out=tmp_path / "run",
         analysis=analysis_settings(ray_cluster.model_dir),
         decode=StageSettings(num_cpus=0.25),
-        detect=StageSettings(actors=NODES, num_cpus=0.25, num_gpus=0.05),
+        detect=StageSettings(actors=WORKERS, num_cpus=0.25, num_gpus=0.05),
         # One shot per call, so that every ensemble actor gets work (the node column is its).
-        score=StageSettings(actors=NODES, num_cpus=0.25, num_gpus=0.05, batch_size=1),
+        score=StageSettings(actors=WORKERS, num_cpus=0.25, num_gpus=0.05, batch_size=1),
     )
     summary = run_evaluation(config, rows=rows)
     assert (summary.processed, summary.errors) == (len(rows), 0)
@@ -279,7 +286,62 @@ def test_batch_evaluation_spreads_its_actors_over_the_nodes(
     assert None not in nodes
     alive = {n.node_id for n in read_status(APP_NAME).nodes if n.alive}
     assert nodes <= alive
-    assert len(nodes) == NODES, f"actors on {len(nodes)} of {NODES} nodes"
+    assert len(nodes) == WORKERS, f"actors on {len(nodes)} of {WORKERS} worker nodes"
+
+
+def test_settings_change_live_through_the_serve_config(
+    ray_cluster: RayCluster, media: dict[str, str]
+) -> None:
+    """A changed batch size and replica count applied to the running application through its
+    Serve config's ``deployments[]`` (as ``serve deploy`` does): the members' replicas take the
+    new batch size in place (``reconfigure``), the embedder gains a replica, no other replica is
+    restarted, and a job running meanwhile finishes on its first attempt."""
+    from ray import serve
+
+    from bench.localcluster import apply_config
+
+    def replicas() -> dict[str, set[str]]:
+        return {
+            d.name: {r.replica_id for r in d.replicas if r.state == "RUNNING"}
+            for d in read_status(APP_NAME).deployments
+        }
+
+    members = member_names(read_status(APP_NAME))
+    member = serve.get_deployment_handle(members[0], APP_NAME)
+    old_size = member.batching.remote().result()["max_batch_size"]
+    new_size = old_size // 2
+    changed = copy.deepcopy(ray_cluster.deployments)
+    for entry in changed:
+        if entry["name"] in members:
+            entry["user_config"]["max_batch_size"] = new_size
+        if entry["name"] == "FaceEmbedder":
+            entry["num_replicas"] = 2
+    store = RedisJobStore(ray_cluster.redis_url, prefix=ray_cluster.redis_prefix)
+    with ray_cluster.client() as http:
+        job_id = submit(http, media["videos/liveportrait_d12.mp4"])
+        wait_for(lambda: store.get(job_id).status == JobStatus.RUNNING, timeout=120)
+        before = replicas()
+        try:
+            apply_config(ray_cluster.args, changed, timeout_s=300)
+            wait_for(lambda: len(replicas()["FaceEmbedder"]) == 2, timeout=300, interval=1.0)
+            after = replicas()
+            # Replicas the autoscaler removed meanwhile are not restarts: of those still
+            # running, every one existed before, and none of the others was replaced.
+            for name in ("Ingress", "JobRunner", "FaceEmbedder", "RegionFeatures"):
+                assert before[name] <= after[name], name
+            new = {name: after[name] - before[name] for name in after}
+            assert len(new["FaceEmbedder"]) == 1
+            assert not new["Ingress"] and not new["JobRunner"] and not new["RegionFeatures"]
+            # A replica that was running before answers with the new batch size.
+            answers = [member.batching.remote().result() for _ in range(12)]
+            assert {a["max_batch_size"] for a in answers} == {new_size}
+            assert {a["replica"] for a in answers} & before[members[0]]
+            job = wait_job(http, job_id, timeout=300)
+            assert job["status"] == "done", job
+            assert store.get(job_id).attempts == 1  # never handed back or restarted
+        finally:
+            apply_config(ray_cluster.args, ray_cluster.deployments, timeout_s=300)
+            wait_for(lambda: len(replicas()["FaceEmbedder"]) == 1, timeout=300, interval=1.0)
 
 
 def test_killing_a_node_under_a_video_job_neither_loses_nor_strands_it(

@@ -16,7 +16,13 @@ from ray.serve._private.build_app import build_app as serve_build
 from ray.serve.schema import ServeDeploySchema
 
 from pipeline.errors import ConfigError
-from serve.app import APP_NAME, build_app, build_app_from_env, model_deployment_names
+from serve.app import (
+    APP_NAME,
+    build_app,
+    build_app_from_env,
+    deployment_entries,
+    model_deployment_names,
+)
 from serve.config import (
     JobSettings,
     LocalStorageConfig,
@@ -25,6 +31,7 @@ from serve.config import (
     ServiceConfig,
     load_config,
 )
+from tests.support.serveconfig import deployed, entry_settings
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_YAML = REPO / "serve" / "config.yaml"
@@ -78,14 +85,28 @@ def test_config_yaml_import_path_and_args_validate() -> None:
 
 
 def test_config_yaml_lists_every_knob() -> None:
-    args = yaml_app()["args"]
+    """Every setting of the application is in its ``args``, except the deployments': those are
+    Serve's ``deployments[]`` entries (changed live, not hashed into the code version)."""
+    app = yaml_app()
+    args = app["args"]
+    assert "deployments" not in args
     config = ServiceConfig.model_validate(args)
-    missing = knob_paths(ServiceConfig, config) - present_paths(args)
+    knobs = {k for k in knob_paths(ServiceConfig, config) if not k.startswith("deployments")}
+    missing = knobs - present_paths(args)
     assert not missing, f"serve/config.yaml lacks {sorted(missing)}"
+    # Each entry sets every option the service sets for its deployment: exactly what the
+    # settings it stands for give back.
+    for entry in app["deployments"]:
+        settings = entry_settings(entry)
+        expected = settings.serve_entry(entry["name"], use_gpus=True)
+        if entry["name"] == "JobRunner":
+            expected["graceful_shutdown_timeout_s"] = config.jobs.shutdown_grace_s + 5.0
+        assert entry == expected, entry["name"]
 
 
 def test_config_yaml_builds_the_application(tmp_path: Path, model_dir: Path) -> None:
-    args = yaml_app()["args"]
+    app = yaml_app()
+    args = app["args"]
     args["home"] = str(tmp_path / "home")
     args["analysis"]["inference"]["model_dir"] = str(model_dir)
     config = ServiceConfig.model_validate(args)
@@ -95,22 +116,35 @@ def test_config_yaml_builds_the_application(tmp_path: Path, model_dir: Path) -> 
     assert len(models) == 8
     assert set(by_name) == {*models, "JobRunner", "Ingress"}
     assert built.ingress_deployment_name == "Ingress"
-    gpus = sum(by_name[n].ray_actor_options["num_gpus"] for n in models)
-    assert gpus == pytest.approx(0.95)
-    assert "num_gpus" not in by_name["Ingress"].ray_actor_options
-    member = by_name[models[-1]]
-    assert member.user_config == {
+    # The YAML's entries name exactly the application's deployments (Serve refuses others)...
+    entries = {e["name"]: e for e in app["deployments"]}
+    assert set(entries) == set(by_name)
+    # ... and are what deployment_entries writes for the same settings.
+    service = deployed(config, app["deployments"])
+    assert {e["name"]: e for e in deployment_entries(service)} == entries
+    assert service.deployments.model_gpu_total(len(models) - 3) == pytest.approx(0.95)
+    member = entries[models[-1]]
+    assert member["user_config"] == {
         "enabled": True,
         "max_batch_size": 64,
         "batch_wait_timeout_s": 0.02,
     }
-    assert member.max_ongoing_requests == 12
-    assert by_name["FaceDetector"].num_replicas == 1
+    assert member["max_ongoing_requests"] == 12 and member["num_replicas"] == "auto"
     # Serve waits for the runner to hand its jobs back before it kills the replica.
     runner = by_name["JobRunner"]
-    assert runner._replica_config.max_replicas_per_node == 1
+    assert entries["JobRunner"]["max_replicas_per_node"] == 1
     grace = runner._deployment_config.graceful_shutdown_timeout_s
     assert grace == config.jobs.shutdown_grace_s + 5.0
+    assert entries["JobRunner"]["graceful_shutdown_timeout_s"] == grace
+
+
+def test_a_broken_deployment_entry_is_refused() -> None:
+    (member,) = [e for e in yaml_app()["deployments"] if e["name"] == "Member_m5_effv2m"]
+    slow = {**member, "max_ongoing_requests": 4}  # below the autoscaling target (8)
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        entry_settings(slow)
+    with pytest.raises(ValueError, match="not used"):
+        entry_settings({**member, "ray_actor_options": {"num_cpus": 1, "memory": 2**30}})
 
 
 def test_gpu_fractions_are_dropped_without_gpus(tmp_path: Path, model_dir: Path) -> None:
