@@ -23,7 +23,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -80,6 +80,26 @@ class TorchRunner:
         return y.float().cpu().numpy()
 
 
+_ARENA_LOCK = threading.Lock()
+_ARENA_SHARED = False
+
+
+def _share_cpu_arena(ort: Any) -> None:
+    """Register one arena allocator for the CPU with ONNX Runtime's process-wide environment
+    (once; sessions opt in with ``session.use_env_allocators``). It grows in powers of two,
+    as a session's own arena does (growing by what is asked instead held 1.40 GB against
+    1.27 GB and ran 9% slower, one run each)."""
+    global _ARENA_SHARED
+    with _ARENA_LOCK:
+        if _ARENA_SHARED:
+            return
+        memory = ort.OrtMemoryInfo(
+            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+        )
+        ort.create_and_register_allocator(memory, ort.OrtArenaCfg({"arena_extend_strategy": 0}))
+        _ARENA_SHARED = True
+
+
 class OnnxRunner:
     name = "onnx"
 
@@ -99,6 +119,11 @@ class OnnxRunner:
         # ~12 shapes) against 3.5 GB without them, at 1.64 vs 1.70 faces/s (full-size paper
         # ensemble, 40 batches of 1-11 crops, 2 cores).
         opts.enable_mem_pattern = False
+        # One CPU arena for every session of the process instead of one per session: the five
+        # members run in turn, so their activations need the room of the largest, not of all
+        # five (full-size paper ensemble, 60 batches of 1-8 crops: 1.39 GB instead of 2.36 GB).
+        _share_cpu_arena(ort)
+        opts.add_session_config_entry("session.use_env_allocators", "1")
         self.path = path
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
