@@ -78,6 +78,24 @@ class AutoscalingSettings(_Model):
     look_back_period_s: float = Field(30.0, gt=0)
     #: How often replicas and handles report them, seconds (Ray's default).
     metrics_interval_s: float = Field(10.0, gt=0)
+    #: A custom policy's import path (``module:function``); None: Serve's, on ongoing requests.
+    #: The job runner's is :data:`serve.autoscaling.JOB_QUEUE_POLICY` (on the job queue).
+    policy: str | None = Field(None, pattern=r"^[\w.]+:\w+$")
+
+    def serve_config(self) -> dict[str, Any]:
+        """Serve's ``autoscaling_config``."""
+        config = self.model_dump(exclude={"policy"})
+        if self.policy is not None:
+            config["policy"] = {"policy_function": self.policy}
+        return config
+
+    @classmethod
+    def from_serve_config(cls, config: Mapping[str, Any]) -> AutoscalingSettings:
+        fields = dict(config)
+        policy = fields.pop("policy", None)
+        if policy is not None:
+            fields["policy"] = policy["policy_function"]
+        return cls.model_validate(fields)
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingSettings:
@@ -133,7 +151,7 @@ class ReplicaSettings(_Model):
         if self.max_replicas_per_node is not None:
             options["max_replicas_per_node"] = self.max_replicas_per_node
         if self.autoscaling is not None:
-            options["autoscaling_config"] = self.autoscaling.model_dump()
+            options["autoscaling_config"] = self.autoscaling.serve_config()
         else:
             options["num_replicas"] = self.num_replicas
         return options
@@ -166,7 +184,9 @@ class ReplicaSettings(_Model):
         if actor:
             raise ValueError(f"{entry.get('name')}: ray_actor_options {sorted(actor)} not used")
         if entry.get("autoscaling_config") is not None:
-            fields["autoscaling"] = entry["autoscaling_config"]
+            fields["autoscaling"] = AutoscalingSettings.from_serve_config(
+                entry["autoscaling_config"]
+            )
         elif entry.get("num_replicas") not in (None, "auto"):
             fields["num_replicas"] = entry["num_replicas"]
         if "user_config" in entry:

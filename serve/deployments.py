@@ -392,6 +392,18 @@ class JobRunnerDeployment:
         )
         return {"queued": queued, "running": running, "runner": self.worker.stats()}
 
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """What :func:`serve.autoscaling.job_queue_policy` scales the runners on (Serve asks
+        each replica when the runner autoscales)."""
+        from serve.autoscaling import JOB_SLOTS, QUEUED_JOBS, RUNNING_JOBS
+
+        counts = await self.queue()
+        return {
+            QUEUED_JOBS: float(counts["queued"]),
+            RUNNING_JOBS: float(counts["running"]),
+            JOB_SLOTS: float(self.worker.settings.concurrency),
+        }
+
     async def placement(self) -> dict[str, Any]:
         return replica_placement()
 

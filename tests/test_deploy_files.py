@@ -27,6 +27,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from dfd.version import __version__
 from pipeline.models import paper_members
+from serve.autoscaling import JOB_QUEUE_POLICY
 from serve.config import ReplicaSettings, ServiceConfig, load_config
 from tests.support.serveconfig import deployed
 
@@ -537,7 +538,12 @@ def test_rayservice_pods() -> None:
 def app_cpu_floor(service: ServiceConfig) -> float:
     """CPUs the ingress and the job runner ask for at their replica counts."""
     d = service.deployments
-    return sum(s.num_cpus * s.num_replicas for s in (d.ingress, d.runner))
+    return sum(s.num_cpus * replicas(s) for s in (d.ingress, d.runner))
+
+
+def replicas(settings: ReplicaSettings) -> int:
+    """A deployment's replicas at rest: its autoscaling minimum, or its fixed count."""
+    return settings.autoscaling.min_replicas if settings.autoscaling else settings.num_replicas
 
 
 def test_the_head_runs_no_replica_and_keeps_its_state_in_a_redis_of_its_own() -> None:
@@ -554,7 +560,11 @@ def test_the_head_runs_no_replica_and_keeps_its_state_in_a_redis_of_its_own() ->
     assert max(t["resources"]["CPU"] for t in cpu_types) >= app_cpu_floor(service)
     # Two job runners and two ingress replicas, never two on one node.
     for replica in (service.deployments.runner, service.deployments.ingress):
-        assert replica.num_replicas >= 2 and replica.max_replicas_per_node == 1
+        assert replicas(replica) >= 2 and replica.max_replicas_per_node == 1
+    # The runners scale on the job queue, up to one per CPU node.
+    runner = service.deployments.runner.autoscaling
+    assert runner is not None and runner.policy == JOB_QUEUE_POLICY
+    assert runner.max_replicas <= max(t["max_workers"] for t in cpu_types)
     start = " ".join(config["head_start_ray_commands"])
     gcs_redis = re.search(r"RAY_REDIS_ADDRESS=(\S+)", start)
     assert gcs_redis, "the head starts without GCS fault tolerance"

@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from serve.app import deployment_entries
+from serve.autoscaling import JOB_QUEUE_POLICY
 from serve.config import (
     AutoscalingSettings,
     ModelDeploymentSettings,
@@ -81,7 +82,12 @@ def service_args(home: Path, model_dir: Path) -> tuple[dict[str, Any], list[dict
     f = GPU_FRACTIONS
     deployments = {
         "ingress": ReplicaSettings(num_replicas=2, num_cpus=0.1, max_ongoing_requests=100),
-        "runner": ReplicaSettings(num_cpus=0.25),
+        # On the job queue: a second runner once more jobs wait or run than one runner's
+        # slots (jobs.concurrency below).
+        "runner": ReplicaSettings(
+            num_cpus=0.25,
+            autoscaling=MODEL_AUTOSCALING.model_copy(update={"policy": JOB_QUEUE_POLICY}),
+        ),
         "detector": ModelDeploymentSettings(
             num_gpus=f["detector"], autoscaling=MODEL_AUTOSCALING, **small
         ),
