@@ -81,9 +81,16 @@ def deploy(app: Any, port: int, *, ready_timeout_s: float = 600.0) -> str:
 
     from serve.app import APP_NAME
 
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    _start_serve(port)
     serve.run(app, name=APP_NAME, route_prefix="/")
     return wait_ready(f"http://127.0.0.1:{port}", ready_timeout_s)
+
+
+def _start_serve(port: int) -> None:
+    """Serve with one proxy, on the head, at ``127.0.0.1:port``."""
+    from ray import serve
+
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
 
 
 def deploy_config(
@@ -98,9 +105,7 @@ def deploy_config(
     and applies ``deployments`` (the YAML's ``deployments[]`` entries) over the code's options.
     One proxy on the head at ``127.0.0.1:port``; returns the base URL once ``/readyz`` answers.
     """
-    from ray import serve
-
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    _start_serve(port)
     apply_config(args, deployments)
     return wait_ready(f"http://127.0.0.1:{port}", ready_timeout_s)
 

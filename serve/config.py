@@ -173,8 +173,9 @@ class ReplicaSettings(_Model):
             ValueError: an option this service does not set, or a rule broken.
         """
         fields: dict[str, Any] = {}
+        # graceful_shutdown_timeout_s is the runner's, derived from its jobs settings.
         known = {"name", "ray_actor_options", "autoscaling_config", "num_replicas", "user_config"}
-        known |= {"graceful_shutdown_timeout_s"}  # the runner's, derived from its jobs settings
+        known.add("graceful_shutdown_timeout_s")
         for key, value in entry.items():
             if key not in known:
                 fields[key] = value  # same name here and in Serve

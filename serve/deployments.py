@@ -228,15 +228,11 @@ class _BatchedModel:
     """
 
     _run_many: Any
-    _batching: bool = True
-    _max_items: int = 8
-    _knobs: BatchSettings = BatchSettings()
+    _knobs: BatchSettings = BatchSettings()  # until Serve calls reconfigure
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         knobs = BatchSettings.model_validate(user_config or {})
         self._knobs = knobs
-        self._batching = knobs.enabled
-        self._max_items = knobs.max_batch_size
         batched: Any = self._batched  # @serve.batch adds the setters
         batched.set_max_batch_size(knobs.max_batch_size)
         batched.set_batch_wait_timeout_s(knobs.batch_wait_timeout_s)
@@ -246,9 +242,9 @@ class _BatchedModel:
         return await asyncio.to_thread(self._run_many, requests)
 
     async def _call(self, request: Any) -> Any:
-        if not self._batching:
+        if not self._knobs.enabled:
             return (await asyncio.to_thread(self._run_many, [request]))[0]
-        step = self._max_items
+        step = self._knobs.max_batch_size
         if len(request) <= step:
             return await self._batched(request)
         # Larger than a batch: in pieces, each joining (or forming) a batch of its own.
@@ -386,21 +382,26 @@ class JobRunnerDeployment:
     async def queue(self) -> dict[str, Any]:
         """Jobs waiting and running in the store (all runners together), and this runner's
         counters (``dfd status``)."""
+        queued, running = await self._counts()
+        return {"queued": queued, "running": running, "runner": self.worker.stats()}
+
+    async def _counts(self) -> tuple[int, int]:
+        """Jobs queued and running in the store, all runners together."""
         store = self.worker.store
         queued, running = await asyncio.gather(
             asyncio.to_thread(store.count, "queued"), asyncio.to_thread(store.count, "running")
         )
-        return {"queued": queued, "running": running, "runner": self.worker.stats()}
+        return queued, running
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """What :func:`serve.autoscaling.job_queue_policy` scales the runners on (Serve asks
         each replica when the runner autoscales)."""
         from serve.autoscaling import JOB_SLOTS, QUEUED_JOBS, RUNNING_JOBS
 
-        counts = await self.queue()
+        queued, running = await self._counts()
         return {
-            QUEUED_JOBS: float(counts["queued"]),
-            RUNNING_JOBS: float(counts["running"]),
+            QUEUED_JOBS: float(queued),
+            RUNNING_JOBS: float(running),
             JOB_SLOTS: float(self.worker.settings.concurrency),
         }
 
