@@ -7,6 +7,7 @@ spawned process, so its memory is its own.
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 import threading
@@ -20,7 +21,15 @@ from rich.table import Table
 
 from batch.config import EvaluationConfig, StageSettings
 from bench.clips import synthesise_clips
-from bench.harness import err_console, out_console, ray_session, run_isolated, write_json
+from bench.harness import (
+    MEMORY_FIELDS,
+    err_console,
+    out_console,
+    process_memory_mb,
+    ray_session,
+    run_isolated,
+    write_json,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,8 +68,13 @@ class EvaluateBenchSettings(BaseModel):
 
 
 class _MemorySampler:
-    """Samples the driver's RSS and every model actor's RSS (Ray workers whose title names the
-    ``MapWorker``) twice a second, from a thread; keeps peaks and the driver's series."""
+    """Samples the driver's RSS and every Ray Data worker's memory (the processes whose title
+    names a ``MapWorker``: the stages' actors) twice a second, from a thread.
+
+    Each worker's series splits RSS by kind (:func:`bench.harness.process_memory_mb`): a Ray
+    worker's RSS also counts the object-store pages it has read, which are shared and come and
+    go with the blocks in flight, so whether a worker leaks is read from its private (anonymous)
+    memory, not from RSS alone."""
 
     def __init__(self, interval_s: float = 0.5) -> None:
         import psutil
@@ -68,7 +82,10 @@ class _MemorySampler:
         self._proc = psutil.Process()
         self.interval_s = interval_s
         self.driver: list[float] = []
-        self.workers: dict[int, float] = {}
+        #: pid -> the worker's title (``ray::MapWorker(MapBatches(ScoreStage))``).
+        self.titles: dict[int, str] = {}
+        #: pid -> samples of :func:`process_memory_mb`, in time order.
+        self.workers: dict[int, list[dict[str, float]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -91,12 +108,27 @@ class _MemorySampler:
             self.driver.append(self.driver_rss_mb())
             for child in self._proc.children(recursive=True):
                 try:
-                    title = child.name() + " ".join(child.cmdline()[:1])
+                    title = self.titles.get(child.pid) or " ".join(child.cmdline()[:1])
                     if "MapWorker" in title:
-                        rss = child.memory_info().rss / 2**20
-                        self.workers[child.pid] = max(self.workers.get(child.pid, 0.0), rss)
-                except psutil.Error:
+                        self.titles[child.pid] = title
+                        sample = process_memory_mb(child.pid)
+                        self.workers.setdefault(child.pid, []).append(sample)
+                except (psutil.Error, OSError):
                     continue
+
+    def worker_figures(self) -> dict[str, dict[str, Any]]:
+        """Per sampled worker (``"<stage> <pid>"``): samples taken, and first -> middle -> last
+        (peak) of each memory kind over its samples (:func:`_memory`)."""
+        out: dict[str, dict[str, Any]] = {}
+        for pid, samples in self.workers.items():
+            # ray::MapWorker(MapBatches(ScoreStage)).method -> ScoreStage
+            named = re.search(r"MapBatches\((\w+)\)", self.titles[pid])
+            stage = named.group(1) if named else self.titles[pid]
+            figures: dict[str, Any] = {"samples": len(samples)}
+            for kind in MEMORY_FIELDS.values():
+                figures[kind] = _memory([s.get(kind, 0.0) for s in samples], k=10)
+            out[f"{stage} {pid}"] = figures
+        return out
 
 
 def _sequential_worker(cfg: dict[str, Any], queue: Any) -> None:
@@ -239,7 +271,7 @@ def _pool_run(
         "driver_rss_mb": _memory([a[2] for a in arrivals]),
         "driver_rss_mb_sampled_peak": max(sampler.driver, default=0.0),
         "worker_rss_mb": {w: _memory(s) for w, s in per_worker.items()},
-        "worker_rss_mb_sampled_peak": sampler.workers,
+        "worker_memory_mb_sampled": sampler.worker_figures(),
         "rows_per_worker": {w: len(s) for w, s in per_worker.items()},
     }
     return pool
@@ -327,9 +359,25 @@ def _print_evaluate(f: dict[str, Any]) -> None:
             _memory_text(s["rss_mb"]),
         )
     out_console.print(table)
+    _print_sampled_workers(p["worker_memory_mb_sampled"])
     if "sequential" in f:
         out_console.print(
             f"ratio pool/loop: {f['ratio_pool_over_sequential']:.2f} end to end, "
             f"{f['ratio_pool_over_sequential_steady']:.2f} steady (model loading excluded); "
             f"max |score difference| {f['sequential']['max_abs_score_difference_vs_pool']:.1e}"
         )
+
+
+def _print_sampled_workers(workers: dict[str, dict[str, Any]]) -> None:
+    table = Table(
+        title="stage workers sampled every 0.5 s, MiB: first -> middle -> last (peak) of 10 "
+        "samples; private = anonymous pages, shared = object-store pages read"
+    )
+    for col in ("worker", "samples", "RSS", "private", "shared", "files"):
+        table.add_column(col, justify="right" if col != "worker" else "left")
+    for worker, m in workers.items():
+        table.add_row(
+            worker, str(m["samples"]),
+            *(_memory_text(m[kind]) for kind in ("rss", "anon", "shmem", "file")),
+        )  # fmt: skip
+    out_console.print(table)

@@ -27,6 +27,24 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+#: The lines of ``/proc/PID/status`` that split resident memory: all of it, private anonymous
+#: pages (the heap: what grows if a process leaks), file pages (libraries, memory-mapped weights)
+#: and shared memory (for a Ray worker, mostly object-store pages it has read).
+MEMORY_FIELDS = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
+
+
+def process_memory_mb(pid: int | str = "self") -> dict[str, float]:
+    """Resident memory of a process split by kind, MiB (Linux ``/proc``): ``rss``, ``anon``,
+    ``file`` and ``shmem`` (see :data:`MEMORY_FIELDS`). Raises ``OSError`` when the process has
+    gone."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in MEMORY_FIELDS:
+            out[MEMORY_FIELDS[key]] = int(value.split()[0]) / 1024.0  # kB
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile (0-100) of ``values``; NaN when there are none."""
     return float(np.percentile(values, q)) if values else float("nan")

@@ -1,6 +1,7 @@
 """``dfd bench serve``: image jobs through the service (local Ray + Serve, real HTTP on loopback).
 
-Jobs/s and p50/p99 latency at each concurrency, with and without ``@serve.batch``; the same image
+Jobs/s, faces/s and p50/p99 latency at each concurrency, with and without ``@serve.batch``, with
+the ensemble's crops put in the object store once for all members or copied to each; the same image
 through ``dfd analyze``'s in-process analyzer; and how fast the service refuses work beyond its
 capacity (429/503).
 """
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 #: The deployments whose ``@serve.batch`` the benchmark turns on and off.
 MODEL_DEPLOYMENTS = ("detector", "embedder", "features", "members")
+#: The rounds' settings, in order: (``@serve.batch`` on, the members' crops put once for all).
+MODES = ((True, True), (True, False), (False, True))
 
 
 class ServeBenchSettings(BaseModel):
@@ -57,11 +60,12 @@ def _service_config(
     batching: bool,
     runner_concurrency: int,
     *,
+    share_crops: bool = True,
     max_queued: int = 10_000,
     rate: int = 1_000_000,
 ) -> ServiceConfig:
-    """Small replicas (a quarter CPU each), ``@serve.batch`` on or off, queue and rate limits
-    out of the way unless given."""
+    """Small replicas (a quarter CPU each), ``@serve.batch`` on or off, the members' crops
+    shared or copied, queue and rate limits out of the way unless given."""
     from serve.config import AuthSettings, DeploymentsConfig, JobSettings, ServiceConfig
 
     base_deployments = DeploymentsConfig()
@@ -83,7 +87,11 @@ def _service_config(
     return ServiceConfig(
         home=Path(tempfile.gettempdir()) / "dfd-bench-serve",
         auth=AuthSettings(anonymous_rate_per_min=rate),
-        jobs=JobSettings(concurrency=runner_concurrency, max_queued_jobs=max_queued),
+        jobs=JobSettings(
+            concurrency=runner_concurrency,
+            max_queued_jobs=max_queued,
+            share_member_crops=share_crops,
+        ),
         analysis=analysis,
         deployments=deployments.model_copy(update=models),
     ).resolved()
@@ -91,8 +99,9 @@ def _service_config(
 
 def _in_process_seconds(
     analysis: AnalysisSettings, image: Path, runs: int, torch_threads: int
-) -> float:
-    """Seconds per analysis of ``image`` by an in-process analyzer, after one warm-up."""
+) -> tuple[float, int]:
+    """Seconds per analysis of ``image`` by an in-process analyzer, after one warm-up, and the
+    faces it finds there."""
     # In-process first, before Ray starts. One torch thread by default, as Ray gives each
     # fractional-CPU replica (OMP_NUM_THREADS=1); measured here: 2 threads on a busy 2-core
     # machine ran 20x slower than 1 (spinning intra-op threads).
@@ -103,18 +112,19 @@ def _in_process_seconds(
 
     torch.set_num_threads(torch_threads)
     analyzer = load_analyzer(analysis.model_copy(update={"shot_workers": 1}))
-    analyzer.analyze_file(image, MemorySink())
+    faces = analyzer.analyze_file(image, MemorySink()).faces_total
     t = time.perf_counter()
     for _ in range(runs):
         analyzer.analyze_file(image, MemorySink())
-    return (time.perf_counter() - t) / runs
+    return (time.perf_counter() - t) / runs, faces
 
 
 def _through_service(
     settings: ServeBenchSettings, analysis: AnalysisSettings, data: bytes, figures: dict[str, Any]
 ) -> None:
-    """Start the service, run the rounds (batching on, then off) and the overload round, stop
-    it; adds ``startup_s``, ``rounds`` and ``overload`` to ``figures``."""
+    """Start the service, run the rounds (:data:`MODES`: each a redeploy of the settings that
+    change) and the overload round, stop it; adds ``startup_s``, ``rounds`` and ``overload`` to
+    ``figures``."""
     from ray import serve as ray_serve
 
     from serve.app import APP_NAME, build_app
@@ -126,9 +136,11 @@ def _through_service(
     )
     figures["startup_s"] = time.perf_counter() - t0
     try:
-        for batching in (True, False):
-            if not batching:  # only user_config changes: replicas are reconfigured in place
-                config = _service_config(analysis, False, settings.runner_concurrency)
+        for i, (batching, share) in enumerate(MODES):
+            if i:  # batching is user_config (reconfigured in place); sharing redeploys the runner
+                config = _service_config(
+                    analysis, batching, settings.runner_concurrency, share_crops=share
+                )
                 ray_serve.run(build_app(config), name=APP_NAME, route_prefix="/")
             serve_round(url, data, image.name, 1, 2, 0.05)  # warm-up
             for c in settings.concurrency:
@@ -136,6 +148,8 @@ def _through_service(
                 row = serve_round(url, data, image.name, c, jobs, 0.1)
                 row.pop("job_ids")
                 row["batching"] = batching
+                row["shared_crops"] = share
+                row["faces_per_s"] = row["jobs_per_s"] * figures["faces_per_image"]
                 figures["rounds"].append(row)
                 out_console.print(row)
         limited = _service_config(
@@ -161,7 +175,7 @@ def bench_serve(settings: ServeBenchSettings) -> dict[str, Any]:
     )
     data = settings.image.read_bytes()
     figures: dict[str, Any] = {"image": str(settings.image), "rounds": []}
-    figures["in_process_s"] = _in_process_seconds(
+    figures["in_process_s"], figures["faces_per_image"] = _in_process_seconds(
         analysis, settings.image, settings.in_process_runs, settings.torch_threads
     )
     _through_service(settings, analysis, data, figures)
@@ -171,15 +185,22 @@ def bench_serve(settings: ServeBenchSettings) -> dict[str, Any]:
 
 
 def _print_serve(figures: dict[str, Any], settings: ServeBenchSettings) -> None:
-    table = Table(title=f"image jobs through the service ({settings.image.name})")
-    for col in ("@serve.batch", "clients", "jobs", "jobs/s", "p50 s", "p99 s", "p50 / in-process"):
+    table = Table(
+        title=f"image jobs through the service ({settings.image.name}, "
+        f"{figures['faces_per_image']} faces)"
+    )
+    columns = ("@serve.batch", "member crops", "clients", "jobs", "jobs/s", "faces/s", "p50 s",
+               "p99 s", "p50 / in-process")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="right")
     for r in figures["rounds"]:
         table.add_row(
             "on" if r["batching"] else "off",
+            "one put" if r["shared_crops"] else "a copy each",
             str(r["concurrency"]),
             f"{r['done']}/{r['jobs']}",
             f"{r['jobs_per_s']:.2f}",
+            f"{r['faces_per_s']:.2f}",
             f"{r['p50_s']:.3f}",
             f"{r['p99_s']:.3f}",
             f"{r['p50_s'] / figures['in_process_s']:.2f}",

@@ -283,6 +283,9 @@ class S3StorageConfig(_Model):
     #: through the service.
     public_endpoint_url: str | None = None
     download_expires_s: int = Field(900, ge=60, le=7 * 24 * 3600)
+    #: With ``public_endpoint_url``, ``POST /v1/uploads`` hands out presigned PUT URLs valid
+    #: this long: large uploads go to the bucket, not through the Serve proxy.
+    upload_expires_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
 
 
 StorageConfig = Annotated[LocalStorageConfig | S3StorageConfig, Field(discriminator="kind")]
@@ -335,6 +338,10 @@ class JobSettings(_Model):
     #: (so that recovery hands it to a runner again) and the runner reports itself unhealthy
     #: (so that Serve replaces it). Longer than any one step: a model call, a download.
     stall_after_s: float = Field(900.0, gt=0)
+    #: Put a call's face crops in the object store once for all ensemble members (each member
+    #: cuts its own square on its replica). Off: each member's request carries its own copy, as
+    #: before; kept for ``dfd bench serve``'s side-by-side comparison.
+    share_member_crops: bool = True
 
     @model_validator(mode="after")
     def _heartbeat_fits(self) -> JobSettings:
@@ -465,6 +472,7 @@ class ServiceConfig(_Model):
                 prefix=storage.prefix,
                 public_endpoint_url=storage.public_endpoint_url,
                 download_expires_s=storage.download_expires_s,
+                upload_expires_s=storage.upload_expires_s,
             )
             if storage.create_bucket:
                 s3.ensure_bucket()

@@ -32,9 +32,11 @@ from pipeline.errors import ModelError
 from pipeline.faces import Detection, FaceDetector, FaceSettings
 from pipeline.model_access import FACENET_FILE, RESNET50_FILE, LocalModels
 from pipeline.models import InferenceSettings, Member, MemberInfo, resolve_model_dir
+from pipeline.models.ensemble import member_crops
 from pipeline.segment import SegmentSettings, build_extractor
 from pipeline.tracks import FaceEmbedder
 from serve.config import BatchSettings, ServiceConfig
+from serve.remote_models import RemoteModels, SharedCrops
 
 __all__ = [
     "DetectorServer",
@@ -318,6 +320,13 @@ class MemberDeployment(_BatchedModel):
     async def predict(self, crops: list[np.ndarray]) -> np.ndarray:
         return await self._call(crops)
 
+    async def predict_shared(self, shared: SharedCrops) -> np.ndarray:
+        """:meth:`predict` on crops the caller put in the object store once for every member:
+        read them (from this node's store) and cut this member's centred square."""
+        crops = await shared.crops
+        mine = member_crops(crops, self.server.info.crop_margin, shared.context_margin)
+        return await self._call(list(mine))
+
 
 @serve.deployment(name="JobRunner")
 class JobRunnerDeployment:
@@ -334,7 +343,6 @@ class JobRunnerDeployment:
         members: list[DeploymentHandle],
     ) -> None:
         from serve.jobs import JobWorker, cache_namespace
-        from serve.remote_models import RemoteModels
 
         models = await RemoteModels.connect(
             detector,
@@ -343,6 +351,7 @@ class JobRunnerDeployment:
             members,
             ensemble=config.analysis.inference.ensemble or "custom",
             call_timeout_s=config.jobs.model_call_timeout_s,
+            share_member_crops=config.jobs.share_member_crops,
         )
         self.models = models
         self.namespace = cache_namespace(config.analysis, models.model_infos())

@@ -13,7 +13,9 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,12 +25,13 @@ from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.download import normalise_url
+from serve.config import S3StorageConfig
 from serve.context import ApiContext, Client
 from serve.jobs import MEDIA_TYPES, job_prefix, source_artefact
 from serve.jobstore import CacheKey, Job, JobStatus, Progress, new_job_id, url_source_key
 from serve.problems import ProblemError
-from serve.storage import InvalidArtefactKeyError, validate_key
-from serve.uploads import receive_upload
+from serve.storage import ArtefactNotFoundError, InvalidArtefactKeyError, validate_key
+from serve.uploads import clean_filename, media_format_of, receive_upload, too_large
 
 __all__ = ["JobsService", "resolve_artefacts", "truthy"]
 
@@ -146,10 +149,7 @@ class JobsService:
             return self.ctx.store.create(job), False
 
         job, cached = await run_in_threadpool(create)
-        self.submitted.labels(api=api, cached=str(cached).lower()).inc()
-        if not cached:
-            await self._wake()
-        return job, cached
+        return await self._submitted(job, cached, api)
 
     async def submit_upload(
         self,
@@ -170,31 +170,138 @@ class JobsService:
             request, limit=self.ctx.config.max_upload_bytes, only_field=only_field
         )
         try:
+            received = _Received(
+                source_key=f"sha256:{upload.sha256}",
+                filename=upload.filename,
+                media_format=upload.media_format,
+                store=lambda key, ctype: self.ctx.storage.put_file(key, upload.path, ctype),
+            )
             force = force or truthy(upload.fields.get("force"))
-            source_key = f"sha256:{upload.sha256}"
-            source = f"upload:{upload.filename}"
-
-            def create() -> tuple[Job, bool]:
-                if not force:
-                    hit = self._cached(namespace, source_key, source, owner, options)
-                    if hit is not None:
-                        return hit, True
-                self._check_capacity()
-                job_id = new_job_id()
-                key = job_prefix(job_id) + source_artefact(upload.media_format)
-                self.ctx.storage.put_file(key, upload.path, MEDIA_TYPES[upload.media_format])
-                job = Job.new(
-                    source,
-                    source_key,
-                    owner=owner,
-                    options={**options, "upload": key, "filename": upload.filename},
-                    job_id=job_id,
-                )
-                return self.ctx.store.create(job), False
-
-            job, cached = await run_in_threadpool(create)
+            job, cached = await run_in_threadpool(
+                self._upload_job, namespace, received, owner, force, options
+            )
         finally:
             upload.path.unlink(missing_ok=True)
+        return await self._submitted(job, cached, api)
+
+    # -- uploads straight to the bucket ------------------------------------------------------
+
+    def open_direct_upload(
+        self, owner: str | None, filename: str, size: int | None
+    ) -> tuple[str, str, int]:
+        """A new direct upload: its id, the presigned URL its file is ``PUT`` to and how many
+        seconds that URL is valid. A job is then submitted for the id
+        (:meth:`submit_direct_upload`). Not found where the storage cannot take uploads itself
+        (a local folder, or S3 without a public endpoint)."""
+        limit = self.ctx.config.max_upload_bytes
+        if size is not None and size > limit:
+            raise too_large(limit)
+        upload_id = secrets.token_hex(16)
+        key = _direct_upload_key(owner, upload_id)
+        url = self.ctx.storage.upload_url(key)
+        storage = self.ctx.config.storage
+        if url is None or not isinstance(storage, S3StorageConfig):
+            raise ProblemError.of(
+                "not-found",
+                "this deployment takes uploads only in the body of POST /v1/jobs (direct "
+                "uploads need S3 storage with storage.public_endpoint_url)",
+            )
+        record = {"filename": clean_filename(filename), "created_at": datetime.now(UTC)}
+        self.ctx.storage.put_bytes(
+            key + ".json", json.dumps(record, default=str).encode(), "application/json"
+        )
+        return upload_id, url, storage.upload_expires_s
+
+    async def submit_direct_upload(
+        self,
+        upload_id: str,
+        *,
+        owner: str | None,
+        force: bool,
+        options: dict[str, Any],
+        api: str,
+    ) -> tuple[Job, bool]:
+        """A job for a direct upload whose file the client has put in the bucket: checked as a
+        body upload is (size, format), hashed for the cache by streaming it from the bucket,
+        then moved (a copy inside the bucket) to the job's source artefact."""
+        namespace = await self.namespace()
+        await run_in_threadpool(self._check_capacity)
+        received = await run_in_threadpool(self._check_direct_upload, owner, upload_id)
+        job, cached = await run_in_threadpool(
+            self._upload_job, namespace, received, owner, force, options
+        )
+        if cached:  # the cache answered: the file is not needed
+            key = _direct_upload_key(owner, upload_id)
+            await run_in_threadpool(self.ctx.storage.delete_prefix, key)
+        return await self._submitted(job, cached, api)
+
+    def _check_direct_upload(self, owner: str | None, upload_id: str) -> _Received:
+        storage = self.ctx.storage
+        key = _direct_upload_key(owner, upload_id)
+        try:
+            record = json.loads(storage.get_bytes(key + ".json"))
+        except ArtefactNotFoundError as exc:
+            raise ProblemError.of(
+                "not-found",
+                f"no direct upload {upload_id!r} for this key (create one with POST /v1/uploads; "
+                "a submitted upload cannot be submitted again)",
+            ) from exc
+        try:
+            size = storage.stat(key).size
+        except ArtefactNotFoundError as exc:
+            raise ProblemError.of(
+                "conflict", f"upload {upload_id} has no file yet: PUT it to the upload's put_url"
+            ) from exc
+        limit = self.ctx.config.max_upload_bytes
+        digest, head = hashlib.sha256(), b""
+        try:
+            if size > limit:
+                raise too_large(limit)
+            for chunk in storage.iter_bytes(key, chunk_size=1 << 20) if size else ():
+                head += chunk[: 512 - len(head)]
+                digest.update(chunk)
+            media_format = media_format_of(head, size)
+        except ProblemError:
+            storage.delete_prefix(key)  # the file and its record: the upload is spent
+            raise
+
+        def store(job_key: str, content_type: str) -> None:
+            storage.move(key, job_key, content_type)
+            storage.delete_prefix(key)
+
+        return _Received(f"sha256:{digest.hexdigest()}", record["filename"], media_format, store)
+
+    # -- both kinds of upload ----------------------------------------------------------------
+
+    def _upload_job(
+        self,
+        namespace: str,
+        received: _Received,
+        owner: str | None,
+        force: bool,
+        options: dict[str, Any],
+    ) -> tuple[Job, bool]:
+        """The cached job for an upload unless ``force``, else a queued one whose medium
+        ``received.store`` puts at the job's source artefact."""
+        source = f"upload:{received.filename}"
+        if not force:
+            hit = self._cached(namespace, received.source_key, source, owner, options)
+            if hit is not None:
+                return hit, True
+        self._check_capacity()
+        job_id = new_job_id()
+        key = job_prefix(job_id) + source_artefact(received.media_format)
+        received.store(key, MEDIA_TYPES[received.media_format])
+        job = Job.new(
+            source,
+            received.source_key,
+            owner=owner,
+            options={**options, "upload": key, "filename": received.filename},
+            job_id=job_id,
+        )
+        return self.ctx.store.create(job), False
+
+    async def _submitted(self, job: Job, cached: bool, api: str) -> tuple[Job, bool]:
         self.submitted.labels(api=api, cached=str(cached).lower()).inc()
         if not cached:
             await self._wake()
@@ -296,3 +403,27 @@ class JobsService:
     def _check_owner(job: Job, client: Client) -> None:
         if job.owner is not None and job.owner != client.owner:
             raise ProblemError.of("forbidden", f"job {job.id} belongs to another API key")
+
+
+@dataclass
+class _Received:
+    """An upload checked and hashed, before its job exists: ``store(key, content_type)`` puts
+    its medium at the job's source artefact."""
+
+    source_key: str
+    filename: str
+    media_format: str
+    store: Callable[[str, str], None]
+
+
+#: Direct uploads live under ``uploads/<owner digest>/``: an upload id is found only with the
+#: key that opened it. The bucket should expire this prefix (a lifecycle rule) to drop uploads
+#: that were opened but never submitted.
+DIRECT_UPLOADS = "uploads/"
+
+
+def _direct_upload_key(owner: str | None, upload_id: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32}", upload_id):
+        raise ProblemError.of("not-found", f"no direct upload {upload_id[:64]!r}")
+    who = hashlib.sha256((owner or "anonymous").encode()).hexdigest()[:16]
+    return f"{DIRECT_UPLOADS}{who}/{upload_id}"

@@ -3,7 +3,8 @@
 :class:`RemoteModels` implements :class:`pipeline.model_access.PipelineModels`, so the job
 runner runs the very :class:`pipeline.analyze.Analyzer` that ``dfd analyze`` runs, with each model
 in its own deployment (paper 3.3: every block is its own micro-service). The members are called
-concurrently, each with its own centred square of the face crops, and their sigmoid
+concurrently, each with its own centred square of the face crops (the crops are put in the object
+store once and each member cuts its square on its replica: :class:`SharedCrops`), and their sigmoid
 probabilities combined by the same rules as :meth:`pipeline.models.Ensemble.predict`
 (:mod:`pipeline.models.ensemble`); only the grouping of faces into forward passes differs
 (``@serve.batch`` mixes requests), which moves scores by float rounding only.
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
 from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
 from ray.serve.exceptions import (
     BackPressureError,
@@ -42,7 +44,7 @@ from pipeline.faces import Detection
 from pipeline.models import EnsemblePrediction, MemberInfo
 from pipeline.models.ensemble import combine, context_margin, member_crops, untrained_warning
 
-__all__ = ["ModelsDescription", "RemoteModels", "untrained_warning"]
+__all__ = ["ModelsDescription", "RemoteModels", "SharedCrops", "untrained_warning"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,23 @@ log = logging.getLogger(__name__)
 _OVERLOADED = (BackPressureError, DeploymentUnavailableError)
 #: The replica that had the request is gone (node or process died): send it again.
 _REPLICA_LOST = (RayActorError, ReplicaUnavailableError, WorkerCrashedError, ObjectLostError)
+
+
+@dataclass(frozen=True)
+class SharedCrops:
+    """The face crops of one ensemble call, put in the object store once for all the members.
+
+    The reference travels inside this object, so Serve passes it on as a reference (it resolves
+    only top-level references); each member replica reads the crops from its node's object store
+    (zero-copy on the node that holds them) and cuts its own centred square
+    (:func:`~pipeline.models.ensemble.member_crops`). Without it every member call would
+    serialise and store its own copy of the crops: five copies per call.
+    """
+
+    #: ``ray.ObjectRef`` of the list of crops.
+    crops: Any
+    #: The margin the crops were cut at (the widest member's).
+    context_margin: float
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,7 @@ class RemoteModels:
         retry_timeout_s: float = 120.0,
         max_replica_losses: int = 3,
         call_timeout_s: float = 300.0,
+        share_member_crops: bool = True,
     ) -> None:
         if len(members) != len(description.members):
             raise ValueError("one member info per member handle is needed")
@@ -96,6 +116,7 @@ class RemoteModels:
         self._retry_timeout_s = retry_timeout_s
         self._max_replica_losses = max_replica_losses
         self._call_timeout_s = call_timeout_s
+        self._share_member_crops = share_member_crops
 
     @classmethod
     async def connect(
@@ -108,6 +129,7 @@ class RemoteModels:
         ensemble: str = "custom",
         retry_timeout_s: float = 120.0,
         call_timeout_s: float = 300.0,
+        share_member_crops: bool = True,
     ) -> RemoteModels:
         """Ask every deployment what it runs (awaits; call from async code, e.g. a replica's
         ``async __init__``)."""
@@ -126,6 +148,7 @@ class RemoteModels:
         return cls(
             detector, embedder, features, members, description,
             retry_timeout_s=retry_timeout_s, call_timeout_s=call_timeout_s,
+            share_member_crops=share_member_crops,
         )  # fmt: skip
 
     # -- PipelineModels ----------------------------------------------------------------------
@@ -156,16 +179,27 @@ class RemoteModels:
         n, m = len(crops), len(self._members)
         member_probs = np.zeros((n, m), dtype=np.float64)
         if n:
-            # Ray puts the crops in the object store once per request; the requests run in
-            # parallel on the members' replicas.
-            batches = [list(member_crops(crops, i.crop_margin, self.crop_margin)) for i in infos]
-            calls = [h.predict.remote for h in self._members]
-            pending = [self._submit(c, b) for c, b in zip(calls, batches, strict=True)]
-            for j, (call, response) in enumerate(zip(calls, pending, strict=True)):
-                probs = self._resolve(response, call, batches[j])
+            calls, args = self._member_calls(crops)
+            # The requests run in parallel on the members' replicas.
+            pending = [self._submit(c, a) for c, a in zip(calls, args, strict=True)]
+            for j, response in enumerate(pending):
+                probs = self._resolve(response, calls[j], args[j])
                 member_probs[:, j] = np.asarray(probs, dtype=np.float64)
         prob = combine(member_probs, [i.weight for i in infos])
         return EnsemblePrediction(prob, member_probs, self.member_names)
+
+    def _member_calls(
+        self, crops: Sequence[np.ndarray]
+    ) -> tuple[list[Callable[[Any], Any]], list[Any]]:
+        """Each member's method and argument: one :class:`SharedCrops` for all (one put), or,
+        with ``share_member_crops`` off, each member its own square of the crops (Ray serialises
+        each request's argument on its own)."""
+        if self._share_member_crops:
+            shared = SharedCrops(ray.put(list(crops)), self.crop_margin)
+            return [h.predict_shared.remote for h in self._members], [shared] * len(self._members)
+        infos = self.description.members
+        squares = [list(member_crops(crops, i.crop_margin, self.crop_margin)) for i in infos]
+        return [h.predict.remote for h in self._members], squares
 
     def model_infos(self) -> list[MemberInfo]:
         return list(self.description.members)

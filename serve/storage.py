@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,6 +166,22 @@ class ArtefactStorage(ABC):
         """Where a client should download ``key`` from instead of through the service (large
         bodies off the Serve proxy), or None to stream it here."""
         return None
+
+    def upload_url(self, key: str) -> str | None:
+        """A time-limited URL a client can ``PUT`` the bytes of ``key`` to directly (large
+        uploads off the Serve proxy), or None where uploads come through the service."""
+        return None
+
+    def move(self, src: str, dst: str, content_type: str = _OCTET_STREAM) -> None:
+        """Store the artefact ``src`` under ``dst`` with ``content_type``, then delete ``src``
+        (streamed through a temporary file; backends that can do better override this)."""
+        validate_key(dst)
+        with tempfile.TemporaryDirectory(prefix="dfd-move-") as tmp:
+            local = Path(tmp) / "artefact"
+            with self.open(src) as source, open(local, "wb") as f:
+                shutil.copyfileobj(source, f, _DEFAULT_CHUNK)
+            self.put_file(dst, local, content_type)
+        self._delete_keys([src])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,6 +374,7 @@ class S3Storage(ArtefactStorage):
         read_timeout_s: float = 60.0,
         public_endpoint_url: str | None = None,
         download_expires_s: int = 900,
+        upload_expires_s: int = 3600,
     ) -> None:
         import boto3
         from botocore.config import Config
@@ -382,6 +400,7 @@ class S3Storage(ArtefactStorage):
             ),
         )
         self.download_expires_s = download_expires_s
+        self.upload_expires_s = upload_expires_s
         #: Presigns URLs with the address clients reach the bucket at (signing makes no call).
         self._public: Any = None
         if public_endpoint_url is not None:
@@ -504,10 +523,35 @@ class S3Storage(ArtefactStorage):
             return None
         return self._presign(self._public, key, self.download_expires_s)
 
-    def _presign(self, client: Any, key: str, expires_s: int) -> str:
+    def upload_url(self, key: str) -> str | None:
+        """A presigned PUT URL at the public endpoint, when one is configured."""
+        if self._public is None:
+            return None
+        return self._presign(self._public, key, self.upload_expires_s, "put_object")
+
+    def move(self, src: str, dst: str, content_type: str = _OCTET_STREAM) -> None:
+        """A copy inside the bucket (no bytes through this process; objects up to 5 GB), then
+        the delete of ``src``."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.copy_object(
+                Bucket=self.bucket,
+                Key=self._object(dst),
+                CopySource={"Bucket": self.bucket, "Key": self._object(src)},
+                ContentType=content_type,
+                MetadataDirective="REPLACE",
+            )
+        except ClientError as exc:
+            if self._code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                raise ArtefactNotFoundError(f"no artefact {src}") from exc
+            raise
+        self._delete_keys([validate_key(src)])
+
+    def _presign(self, client: Any, key: str, expires_s: int, operation: str = "get_object") -> str:
         return str(
             client.generate_presigned_url(
-                "get_object",
+                operation,
                 Params={"Bucket": self.bucket, "Key": self._object(key)},
                 ExpiresIn=int(expires_s),
             )

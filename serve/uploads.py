@@ -16,7 +16,14 @@ from starlette.datastructures import UploadFile
 from pipeline.media import IMAGE_FORMATS, VIDEO_FORMATS, sniff_format
 from serve.problems import ProblemError
 
-__all__ = ["Upload", "clean_filename", "receive_upload", "spool_upload"]
+__all__ = [
+    "Upload",
+    "clean_filename",
+    "media_format_of",
+    "receive_upload",
+    "spool_upload",
+    "too_large",
+]
 
 #: Multipart framing around an upload may add this much to ``max_upload_bytes``.
 _MULTIPART_SLACK = 1 << 20
@@ -46,10 +53,10 @@ def clean_filename(name: str | None) -> str:
 async def receive_upload(request: Request, *, limit: int, only_field: bool) -> Upload:
     """The multipart body's ``file`` spooled to a temporary file (the caller deletes it), with
     the body's other fields; ``limit`` in bytes. ``only_field``: refuse any other field."""
-    too_large = ProblemError.of("too-large", f"uploads are limited to {limit / 1024**2:.0f} MiB")
+    refused = too_large(limit)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + _MULTIPART_SLACK:
-        raise too_large
+        raise refused
     received = 0
 
     async def receive() -> Any:
@@ -59,7 +66,7 @@ async def receive_upload(request: Request, *, limit: int, only_field: bool) -> U
         if message.get("type") == "http.request":
             received += len(message.get("body", b""))
             if received > limit + _MULTIPART_SLACK:
-                raise too_large
+                raise refused
         return message
 
     form = await Request(request.scope, receive=receive).form(max_files=1, max_fields=8)
@@ -77,6 +84,27 @@ async def receive_upload(request: Request, *, limit: int, only_field: bool) -> U
         await form.close()
 
 
+def media_format_of(head: bytes, size: int) -> str:
+    """The format an upload's first bytes ``head`` name (:func:`~pipeline.media.sniff_format`);
+    refuses an empty upload (``size`` 0) and anything but a supported image or video."""
+    if size == 0:
+        raise ProblemError.of("empty-media", "the uploaded file is empty")
+    media_format = sniff_format(head)
+    if media_format not in IMAGE_FORMATS and media_format not in VIDEO_FORMATS:
+        what = f"'{media_format}'" if media_format else "an unknown format"
+        raise ProblemError.of(
+            "unsupported-media",
+            f"the upload is {what}; send an image (JPEG, PNG, WebP, BMP, GIF) or a video "
+            "(MP4, MOV, WebM, MKV, AVI, ...)",
+        )
+    return media_format
+
+
+def too_large(limit: int) -> ProblemError:
+    """The problem of an upload over ``limit`` bytes."""
+    return ProblemError.of("too-large", f"uploads are limited to {limit / 1024**2:.0f} MiB")
+
+
 def spool_upload(part: UploadFile, fields: dict[str, str], limit: int) -> Upload:
     """``part`` copied to a temporary file while hashing it and sniffing its format; refuses
     empty, oversized (``limit`` bytes) and unsupported media."""
@@ -90,23 +118,12 @@ def spool_upload(part: UploadFile, fields: dict[str, str], limit: int) -> Upload
             while chunk := part.file.read(_CHUNK):
                 size += len(chunk)
                 if size > limit:
-                    raise ProblemError.of(
-                        "too-large", f"uploads are limited to {limit / 1024**2:.0f} MiB"
-                    )
+                    raise too_large(limit)
                 if len(head) < 512:
                     head += chunk[: 512 - len(head)]
                 digest.update(chunk)
                 tmp.write(chunk)
-        if size == 0:
-            raise ProblemError.of("empty-media", "the uploaded file is empty")
-        media_format = sniff_format(head)
-        if media_format not in IMAGE_FORMATS and media_format not in VIDEO_FORMATS:
-            what = f"'{media_format}'" if media_format else "an unknown format"
-            raise ProblemError.of(
-                "unsupported-media",
-                f"the upload is {what}; send an image (JPEG, PNG, WebP, BMP, GIF) or a video "
-                "(MP4, MOV, WebM, MKV, AVI, ...)",
-            )
+        media_format = media_format_of(head, size)
     except BaseException:
         Path(tmp.name).unlink(missing_ok=True)
         raise

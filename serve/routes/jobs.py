@@ -8,7 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.concurrency import run_in_threadpool
 
 from serve.context import ApiContext, Client
 from serve.jobs_service import JobsService, truthy
@@ -16,7 +17,16 @@ from serve.jobstore import Job, JobStatus, Progress
 from serve.problems import ProblemError
 from serve.routes.access import Caller
 
-__all__ = ["JobCreated", "JobRequest", "JobView", "job_url", "job_view", "jobs_router"]
+__all__ = [
+    "JobCreated",
+    "JobRequest",
+    "JobView",
+    "UploadCreated",
+    "UploadRequest",
+    "job_url",
+    "job_view",
+    "jobs_router",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -24,12 +34,42 @@ __all__ = ["JobCreated", "JobRequest", "JobView", "job_url", "job_view", "jobs_r
 
 
 class JobRequest(BaseModel):
-    """``POST /v1/jobs`` as JSON."""
+    """``POST /v1/jobs`` as JSON: a URL, or the id of a direct upload (``POST /v1/uploads``)
+    whose file has been put in the bucket."""
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1, max_length=8192, description="http(s) link to an image or video")
+    url: str | None = Field(
+        None, min_length=1, max_length=8192, description="http(s) link to an image or video"
+    )
+    upload: str | None = Field(
+        None, min_length=1, max_length=64, description="id of a direct upload (POST /v1/uploads)"
+    )
     force: bool = Field(False, description="analyse again even if a cached result exists")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobRequest:
+        if (self.url is None) == (self.upload is None):
+            raise ValueError("give either url or upload")
+        return self
+
+
+class UploadRequest(BaseModel):
+    """``POST /v1/uploads``: a direct upload of a large file to the bucket."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field("upload", min_length=1, max_length=1000)
+    size: int | None = Field(
+        None, ge=1, description="bytes, if known: refused at once beyond the upload limit"
+    )
+
+
+class UploadCreated(BaseModel):
+    id: str = Field(description='submit the job with {"upload": id} once the file is PUT')
+    put_url: str = Field(description="presigned URL: PUT the file's bytes here")
+    expires_in_s: int
+    max_bytes: int = Field(description="larger files are refused when the job is submitted")
 
 
 class JobCreated(BaseModel):
@@ -118,9 +158,15 @@ async def _submit(service: JobsService, request: Request, who: Client) -> tuple[
             raise ProblemError.of(
                 "invalid-input", 'send JSON {"url": "https://..."}', errors=errors
             ) from exc
-        job, cached = await service.submit_url(
-            body.url, owner=who.owner, force=force or body.force, options={}, api="v1"
-        )
+        if body.upload is not None:
+            job, cached = await service.submit_direct_upload(
+                body.upload, owner=who.owner, force=force or body.force, options={}, api="v1"
+            )
+        else:
+            assert body.url is not None
+            job, cached = await service.submit_url(
+                body.url, owner=who.owner, force=force or body.force, options={}, api="v1"
+            )
     else:
         raise ProblemError.of(
             "invalid-input",
@@ -149,6 +195,20 @@ def jobs_router(ctx: ApiContext, service: JobsService) -> APIRouter:
         return JSONResponse(
             created.model_dump(mode="json"), status_code=202, headers={"Location": url}
         )
+
+    @router.post("/v1/uploads", status_code=201, response_model=UploadCreated, tags=["jobs"])
+    async def create_upload(body: UploadRequest, who: Caller) -> UploadCreated:
+        """A direct upload for a large file (S3 storage with a public endpoint only; 404
+        otherwise): PUT the file to ``put_url`` (straight to the bucket, not through the
+        service), then submit ``{"upload": id}`` to ``POST /v1/jobs``."""
+
+        upload_id, url, expires_s = await run_in_threadpool(
+            service.open_direct_upload, who.owner, body.filename, body.size
+        )
+        return UploadCreated(
+            id=upload_id, put_url=url, expires_in_s=expires_s,
+            max_bytes=ctx.config.max_upload_bytes,
+        )  # fmt: skip
 
     @router.get("/v1/jobs", response_model=list[JobView], tags=["jobs"])
     def list_jobs(

@@ -615,3 +615,81 @@ def test_redis_and_s3_backends_end_to_end(
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_large_uploads_go_straight_to_the_bucket(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels, shared_data: Path
+) -> None:
+    """With S3 and a public endpoint, ``POST /v1/uploads`` hands out a presigned PUT URL: the
+    file goes to the bucket, not through the service, and ``{"upload": id}`` submits the job.
+    The job reads the medium from the bucket, is cached under the same hash as a body upload
+    of the same file, and each upload is spent once submitted; uploads are bound to the key
+    that opened them and checked as body uploads are. Without a public endpoint the route
+    says so."""
+    data = (shared_data / IMAGE).read_bytes()
+    plain = config(tmp_path / "plain", model_dir)
+    with local_service(plain, local_models) as svc, svc.client() as http:
+        refused = http.post("/v1/uploads", json={"filename": "a.jpg"})
+        assert_problem(refused, "not-found", 404)
+        assert "public_endpoint_url" in refused.json()["detail"]
+    with moto_s3_server() as endpoint:
+        cfg = config(
+            tmp_path / "s3",
+            model_dir,
+            auth=AuthSettings(mode="keys"),
+            max_upload_bytes=len(data) + 10,
+            storage=S3StorageConfig(
+                bucket="dfd-uploads", endpoint_url=endpoint, access_key="test",
+                secret_key="test", create_bucket=True, public_endpoint_url=endpoint,
+            ),
+        )  # fmt: skip
+        keys = cfg.resolved().open_key_store()
+        _, alice = keys.create_key("alice")
+        _, bob = keys.create_key("bob")
+        with local_service(cfg, local_models) as svc, svc.client(alice) as http:
+            storage = svc.ctx.storage
+
+            def open_upload(name: str = "obama.jpg") -> dict[str, Any]:
+                r = http.post("/v1/uploads", json={"filename": name, "size": len(data)})
+                assert r.status_code == 201, r.text
+                return r.json()  # type: ignore[no-any-return]
+
+            first = open_upload()
+            assert first["put_url"].startswith(endpoint) and first["max_bytes"] == len(data) + 10
+            early = http.post("/v1/jobs", json={"upload": first["id"]})
+            assert_problem(early, "conflict", 409)
+            assert httpx.put(first["put_url"], content=data, timeout=10).status_code == 200
+            with svc.client(bob) as other:
+                stranger = other.post("/v1/jobs", json={"upload": first["id"]})
+                assert_problem(stranger, "not-found", 404)
+            created = http.post("/v1/jobs", json={"upload": first["id"]})
+            assert created.status_code == 202 and created.json()["cached"] is False
+            job = wait_job(http, created.json()["id"], timeout=120)
+            assert job["status"] == "done" and job["filename"] == "obama.jpg"
+            result = http.get(f"/v1/jobs/{job['id']}/result").json()
+            assert result["faces_total"] == 1 and result["source"]["path"] == "obama.jpg"
+            source = http.head(f"/v1/jobs/{job['id']}/artefacts/source.jpeg")
+            assert source.status_code == 200 and source.headers["content-length"] == str(len(data))
+            assert storage.list_keys("uploads/") == []
+            again = http.post("/v1/jobs", json={"upload": first["id"]})
+            assert_problem(again, "not-found", 404)
+            # The same bytes as a body upload: the cache answers (same SHA-256 source key).
+            body = http.post("/v1/jobs", files={"file": ("o.jpg", data, "image/jpeg")}).json()
+            assert body["cached"] is True
+            second = open_upload()
+            httpx.put(second["put_url"], content=data, timeout=10).raise_for_status()
+            assert http.post("/v1/jobs", json={"upload": second["id"]}).json()["cached"] is True
+            assert storage.list_keys("uploads/") == []
+            # Checked as body uploads are; a refused file is deleted.
+            text = open_upload("notes.jpg")
+            httpx.put(text["put_url"], content=b"just text\n" * 10, timeout=10).raise_for_status()
+            bad = http.post("/v1/jobs", json={"upload": text["id"]})
+            assert_problem(bad, "unsupported-media", 422)
+            big = open_upload("big.jpg")
+            httpx.put(big["put_url"], content=data + b"\0" * 11, timeout=10).raise_for_status()
+            assert_problem(http.post("/v1/jobs", json={"upload": big["id"]}), "too-large", 413)
+            assert storage.list_keys("uploads/") == []
+            declared = http.post("/v1/uploads", json={"filename": "x.mp4", "size": 10**9})
+            assert_problem(declared, "too-large", 413)
+            both = http.post("/v1/jobs", json={"upload": first["id"], "url": "https://a.b/c"})
+            assert_problem(both, "invalid-input", 422)

@@ -21,6 +21,7 @@ import torch
 
 from pipeline.analyze import Analyzer
 from pipeline.artefacts import MemorySink
+from pipeline.model_access import LocalModels
 from serve.app import model_deployment_names
 from serve.jobstore import Job, JobStatus
 from serve.jobstore.sqlite import SQLiteJobStore
@@ -260,6 +261,52 @@ def test_model_deployments_are_placed_with_fractional_gpus(serve_app: ServeApp) 
     # The runner and the ingress need no GPU.
     runner = serve.get_deployment_handle("JobRunner", app_name=APP_NAME)
     assert "GPU" not in runner.placement.remote().result(timeout_s=30)["resources"]
+
+
+def test_members_cut_their_squares_from_one_shared_copy_of_the_crops(
+    serve_app: ServeApp, shared_data: Path, local_models: LocalModels
+) -> None:
+    """The crops of an ensemble call are put in the object store once for the five members:
+    a member given crops cut wider than it needs (here twice its margin) cuts its own centred
+    square on its replica and answers what it answers to that square sent to it directly; and
+    the ensemble's probabilities are the same whether the crops are shared or copied to each
+    member."""
+    import asyncio
+
+    import ray
+    from ray import serve
+
+    from pipeline.faces import crop
+    from pipeline.media import load_image
+    from pipeline.models.ensemble import member_crops
+    from serve.app import APP_NAME
+    from serve.remote_models import RemoteModels, SharedCrops
+
+    frame = load_image(shared_data / IMAGE)
+    crops = [crop(frame, d) for d in local_models.detect_faces([frame])[0]]
+    assert len(crops) == 2
+    names = model_deployment_names(serve_app.config)
+    handles = [serve.get_deployment_handle(n, app_name=APP_NAME) for n in names]
+    members = handles[3:]
+    margin = local_models.ensemble.members[0].info.crop_margin
+    shared = SharedCrops(ray.put(crops), 2 * margin)
+    own = list(member_crops(crops, margin, 2 * margin))
+    assert own[0].shape[0] < crops[0].shape[0]
+    for handle in members:
+        cut_there = handle.predict_shared.remote(shared).result(timeout_s=60)
+        cut_here = handle.predict.remote(own).result(timeout_s=60)
+        np.testing.assert_allclose(cut_there, cut_here, atol=1e-6)
+
+    def connect(share: bool) -> RemoteModels:
+        return asyncio.run(RemoteModels.connect(*handles[:3], members, share_member_crops=share))
+
+    one_copy = connect(True).score_faces(crops)
+    five_copies = connect(False).score_faces(crops)
+    np.testing.assert_allclose(one_copy.probability, five_copies.probability, atol=1e-6)
+    np.testing.assert_allclose(
+        one_copy.member_probabilities, local_models.score_faces(crops).member_probabilities,
+        atol=1e-4,
+    )  # fmt: skip
 
 
 def test_access_keys_and_rate_limits(serve_app: ServeApp) -> None:

@@ -188,6 +188,17 @@ def test_delete_prefix_and_list(storage: ArtefactStorage) -> None:
     assert storage.list_keys("jobs/") == []
 
 
+def test_move_stores_under_the_new_key_and_deletes_the_old(storage: ArtefactStorage) -> None:
+    storage.put_bytes("uploads/u/abc", DATA)
+    storage.move("uploads/u/abc", "jobs/j/source.jpeg", "image/jpeg")
+    assert storage.get_bytes("jobs/j/source.jpeg") == DATA
+    assert storage.stat("jobs/j/source.jpeg").content_type == "image/jpeg"
+    assert not storage.exists("uploads/u/abc") and storage.list_keys("uploads/") == []
+    with pytest.raises(ArtefactNotFoundError):
+        storage.move("uploads/u/abc", "jobs/j/again.jpeg")
+    assert storage.upload_url("uploads/u/x") is None  # only S3 with a public endpoint
+
+
 def test_local_paths_and_atomic_layout(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path / "root")
     store.put_bytes("jobs/j/g.png", b"\x89PNG", "image/png")
@@ -227,9 +238,14 @@ def test_s3_presigned_url_is_fetchable_and_prefix_is_applied(s3_endpoint: str) -
     direct = public.download_url("jobs/j/g.jpg")
     assert direct is not None and direct.startswith(s3_endpoint) and "Expires=900" in direct
     assert httpx.get(direct, timeout=10).content == DATA
+    # Direct uploads: a presigned PUT at the public endpoint lands under the prefix.
+    put = public.upload_url("uploads/u/new")
+    assert put is not None and put.startswith(s3_endpoint) and "Expires=3600" in put
+    assert httpx.put(put, content=DATA, timeout=10).status_code == 200
+    assert public.get_bytes("uploads/u/new") == DATA
     # Objects live under the prefix; an unprefixed store over the same bucket sees the full key.
     raw = _s3(s3_endpoint, bucket)
-    assert raw.list_keys("svc/") == ["svc/v1/jobs/j/g.jpg"]
+    assert raw.list_keys("svc/") == ["svc/v1/jobs/j/g.jpg", "svc/v1/uploads/u/new"]
     assert store.list_keys("jobs/") == ["jobs/j/g.jpg"]
 
 
