@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from pipeline.version import __version__
 from serve.context import ApiContext, Client, HandleRunnerClient, RunnerClient
 from serve.jobs_service import JobsService, resolve_artefacts
+from serve.metrics import ServiceMetrics
 from serve.mever import mever_router
 from serve.problems import install_problem_handlers
 from serve.routes.about import about_router
@@ -60,10 +61,10 @@ def create_api(ctx: ApiContext) -> FastAPI:
         redirect_slashes=False,
     )
     install_problem_handlers(app)
-    service = JobsService(ctx)
     registry = CollectorRegistry()
-    registry.register(service.submitted)
-    install_request_metrics(app, registry)
+    metrics = ServiceMetrics(registry)
+    service = JobsService(ctx, metrics)
+    install_request_metrics(app, metrics)
     app.state.service = service
     app.state.ctx = ctx
     app.include_router(operations_router(ctx, registry))

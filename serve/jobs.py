@@ -54,6 +54,7 @@ from serve.jobstore import (
     Progress,
     RecoveryReport,
 )
+from serve.metrics import RunnerMetrics
 from serve.problems import GENERIC_INTERNAL_DETAIL, make_problem, problem_from_exception
 from serve.storage import ArtefactStorage, LocalStorage
 
@@ -161,6 +162,7 @@ class JobWorker:
         *,
         cache_namespace: str,
         download: DownloadSettings | None = None,
+        metrics: RunnerMetrics | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -177,6 +179,9 @@ class JobWorker:
         self._executor: ThreadPoolExecutor | None = None
         self._counts = {"claimed": 0, "done": 0, "failed": 0, "stopped": 0, "recovered": 0}
         self._handed_back: set[str] = set()
+        #: Through Ray Serve's metrics API inside a replica; recorded nowhere elsewhere (the
+        #: embedded ``/metrics`` reads :meth:`stats` and the store instead).
+        self.metrics = metrics or RunnerMetrics()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -247,8 +252,10 @@ class JobWorker:
             max_attempts=s.max_attempts,
             stale_after_s=s.stale_after_s,
         )
+        recovered = len(report.requeued) + len(report.failed)
         with self._lock:
-            self._counts["recovered"] += len(report.requeued) + len(report.failed)
+            self._counts["recovered"] += recovered
+        self.metrics["dfd_jobs_recovered"].inc(recovered)
         if report.requeued:
             self.wake()
         return report
@@ -332,6 +339,9 @@ class JobWorker:
                 next_recovery = time.monotonic() + s.recovery_interval_s
                 try:
                     self.recover()
+                    for status in JobStatus:
+                        n = self.store.count(status)
+                        self.metrics["dfd_jobs_in_store"].set(n, status=str(status))
                 except Exception:
                     log.exception("recovery of stale jobs failed; retrying later")
 
@@ -357,6 +367,7 @@ class JobWorker:
             with self._lock:
                 self._active.pop(job.id, None)
                 self._counts[outcome] += 1
+            self.metrics["dfd_jobs_finished"].inc(outcome=outcome)
 
     def _run(self, active: _Active) -> None:
         job = active.job
@@ -432,6 +443,9 @@ class JobWorker:
             )
         except (JobConflictError, JobNotFoundError) as exc:
             raise _Stop("cancelled") from exc
+        for stage, seconds in result.timings.items():
+            self.metrics["dfd_stage_seconds"].observe(seconds, stage=stage)
+        self.metrics["dfd_faces_analysed"].inc(result.faces_total)
         ttl = self.settings.cache_ttl_s
         keys = {job.source_key, f"sha256:{result.source.sha256}"}
         for key in keys:

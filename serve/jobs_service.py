@@ -21,7 +21,6 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
-from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.download import normalise_url
@@ -29,6 +28,7 @@ from serve.config import S3StorageConfig
 from serve.context import ApiContext, Client
 from serve.jobs import MEDIA_TYPES, job_prefix, source_artefact
 from serve.jobstore import CacheKey, Job, JobStatus, Progress, new_job_id, url_source_key
+from serve.metrics import ServiceMetrics
 from serve.problems import ProblemError
 from serve.storage import ArtefactNotFoundError, InvalidArtefactKeyError, validate_key
 from serve.uploads import clean_filename, media_format_of, receive_upload, too_large
@@ -66,15 +66,10 @@ def resolve_artefacts(result: dict[str, Any], url_for: Callable[[str], str]) -> 
 class JobsService:
     """Submitting, reading and removing jobs; the routes are thin over this."""
 
-    def __init__(self, ctx: ApiContext) -> None:
+    def __init__(self, ctx: ApiContext, metrics: ServiceMetrics | None = None) -> None:
         self.ctx = ctx
         self._namespace: str | None = None
-        self.submitted = Counter(
-            "dfd_jobs_submitted",
-            "Jobs submitted, by API and whether the cache answered",
-            ["api", "cached"],
-            registry=None,
-        )
+        self._submissions = (metrics or ServiceMetrics())["dfd_jobs_submitted"]
 
     async def namespace(self) -> str:
         """The cache namespace the runner computed from its models (asked once)."""
@@ -302,7 +297,7 @@ class JobsService:
         return self.ctx.store.create(job), False
 
     async def _submitted(self, job: Job, cached: bool, api: str) -> tuple[Job, bool]:
-        self.submitted.labels(api=api, cached=str(cached).lower()).inc()
+        self._submissions.inc(api=api, cached=str(cached).lower())
         if not cached:
             await self._wake()
         return job, cached

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import re
 import shlex
 import subprocess
@@ -628,3 +629,24 @@ def test_the_image_is_rays_at_the_pinned_versions_with_the_project_installed_pin
     for pod in pod_specs(rayservice()).values():
         assert ray_container(pod)["image"] == f"ghcr.io/dfd-project/dfd:{__version__}"
     assert f"docker build -t ghcr.io/dfd-project/dfd:{__version__} ." in text
+
+
+def test_the_grafana_dashboard_charts_every_service_metric_by_its_exported_name() -> None:
+    """``deploy/grafana/dfd-service.json`` queries the series Ray exports for the metrics
+    ``serve/metrics.py`` defines (``ray_`` prefix; counters ``_total``, histograms ``_bucket``),
+    every one of them, and nothing the service does not define but Serve's own queue."""
+    from serve.app import APP_NAME
+    from serve.metrics import METRICS
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "dfd-service.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    suffix = {"counter": "_total", "histogram": "_bucket", "gauge": ""}
+    exported = {f"ray_{n}{suffix[kind]}" for n, (kind, _, _) in METRICS.items()}
+    used = {m for e in exprs for m in re.findall(r"\bray_\w+", e)}
+    assert used - exported == {"ray_serve_deployment_queued_queries"}
+    assert exported <= used
+    for e in exprs:
+        assert 'application="$application"' in e, e
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["application"]["query"] == APP_NAME
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {"${datasource}"}

@@ -11,18 +11,12 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from serve.context import ApiContext
 from serve.jobstore import JobStatus
+from serve.metrics import ServiceMetrics
 from serve.problems import make_problem, problem_response
 from serve.routes.access import Caller
 
@@ -31,15 +25,11 @@ __all__ = ["install_request_metrics", "operations_router"]
 log = logging.getLogger(__name__)
 
 
-def install_request_metrics(app: FastAPI, registry: CollectorRegistry) -> None:
-    """Count ``app``'s requests by method, route and status, and time them by route, in
-    ``registry`` (seconds)."""
-    requests_total = Counter(
-        "dfd_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
-    )
-    latency = Histogram(
-        "dfd_http_request_duration_seconds", "HTTP request latency", ["route"], registry=registry
-    )
+def install_request_metrics(app: FastAPI, metrics: ServiceMetrics) -> None:
+    """Count ``app``'s requests by method, route and status, and time them by route
+    (seconds)."""
+    requests_total = metrics["dfd_http_requests"]
+    latency = metrics["dfd_http_request_duration_seconds"]
 
     @app.middleware("http")
     async def _metrics(
@@ -48,8 +38,8 @@ def install_request_metrics(app: FastAPI, registry: CollectorRegistry) -> None:
         t0 = time.perf_counter()
         response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")
-        requests_total.labels(request.method, route, str(response.status_code)).inc()
-        latency.labels(route).observe(time.perf_counter() - t0)
+        requests_total.inc(method=request.method, route=route, status=str(response.status_code))
+        latency.observe(time.perf_counter() - t0, route=route)
         return response
 
 

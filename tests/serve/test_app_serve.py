@@ -309,6 +309,54 @@ def test_members_cut_their_squares_from_one_shared_copy_of_the_crops(
     )  # fmt: skip
 
 
+def ray_series(text: str, name: str, **tags: str) -> float:
+    """The sum of the exported series ``name`` whose tags include ``tags`` (0 if none)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in tags.items()):
+            total += float(line.rsplit(" ", 1)[-1])
+    return total
+
+
+def test_service_metrics_are_exported_through_ray_serve(
+    serve_app: ServeApp, shared_data: Path
+) -> None:
+    """The service's own metrics go through Serve's metrics API: the node's metrics agent
+    exports them tagged with application, deployment and replica (what a Prometheus scraping
+    every node adds up), the ingress's requests and the runner's finished jobs, stage seconds,
+    faces and queue; ``/metrics`` stays for the embedded default."""
+    import ray
+
+    from serve.app import APP_NAME
+
+    (node,) = ray.nodes()
+    endpoint = f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"
+    path = shared_data / IMAGE
+    with serve_app.client() as http:
+        r = http.post("/v1/jobs", files={"file": (path.name, path.read_bytes(), "image/jpeg")},
+                      params={"force": "true"})  # fmt: skip
+        assert wait_job(http, r.json()["id"])["status"] == "done"
+        assert "dfd_http_requests_total{" in http.get("/metrics").text  # the embedded view
+    tags = {"application": APP_NAME}
+    runner = {**tags, "deployment": "JobRunner"}
+
+    def exported() -> str | None:
+        text = httpx.get(endpoint, timeout=10).text
+        ready = (
+            ray_series(text, "ray_dfd_jobs_finished_total", outcome="done", **runner) >= 1
+            and ray_series(text, "ray_dfd_http_requests_total", deployment="Ingress", **tags) >= 1
+            and ray_series(text, "ray_dfd_jobs_in_store", status="done", **runner) >= 1
+        )
+        return text if ready else None
+
+    text = wait_for(exported, timeout=90, interval=2)
+    assert ray_series(text, "ray_dfd_faces_analysed_total", **runner) >= 2
+    assert ray_series(text, "ray_dfd_stage_seconds_count", stage="faces", **runner) >= 1
+    submitted = ray_series(text, "ray_dfd_jobs_submitted_total", api="v1", cached="false", **tags)
+    assert submitted >= 1
+    assert 'replica="' in text and "ray_dfd_jobs_finished_total{" in text
+
+
 def test_access_keys_and_rate_limits(serve_app: ServeApp) -> None:
     keys = serve_app.config.open_key_store()
     _slow_id, slow = keys.create_key("slow", rate_per_min=2)
