@@ -1,4 +1,5 @@
-"""``dfd models``: list, init, use, fetch, import, verify and export the model directory."""
+"""``dfd models``: list, init, use, fetch, import, verify and export the model directory, and
+push it to or pull it from object storage."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dfd.common import cli_errors, out_console
 from pipeline.errors import CheckpointError
 from pipeline.models.backends import OnnxRunner, export_onnx
 from pipeline.models.checkpoint import file_sha256, load_checkpoint
-from pipeline.models.manifest import AUTO, ModelDirectory, resolve_model_dir
+from pipeline.models.manifest import AUTO, ModelDirectory, default_model_dir, resolve_model_dir
 from pipeline.models.networks import build_network, calibrate_untrained
 from pipeline.models.preprocess import normalise
 
@@ -213,6 +214,43 @@ def fetch(
     directory = resolve_model_dir(model_dir, create_default=False)
     for spec in fetch_members(directory, name, mirror=mirror):
         print(f"{spec.name}: {spec.checkpoint} ({spec.licence}; {spec.source})")
+
+
+StoreArg = Annotated[
+    str, typer.Argument(help="s3://BUCKET/PREFIX (credentials: AWS variables) or a folder.")
+]
+EndpointOpt = Annotated[
+    str | None,
+    typer.Option(help="S3 endpoint (MinIO), e.g. http://minio.internal:9000; default AWS."),
+]
+
+
+@app.command()
+@cli_errors
+def push(store: StoreArg, model_dir: ModelDirOpt = None, endpoint_url: EndpointOpt = None) -> None:
+    """Upload the model directory (manifest, checkpoints, aux/) and an index of every file's
+    sha256 to object storage, for cluster nodes to pull."""
+    from serve.model_sync import model_store, push_models
+
+    storage, prefix = model_store(store, endpoint_url)
+    report = push_models(resolve_model_dir(model_dir, create_default=False), storage, prefix)
+    print(f"pushed {len(report.copied)} files to {store}")
+
+
+@app.command()
+@cli_errors
+def pull(store: StoreArg, model_dir: ModelDirOpt = None, endpoint_url: EndpointOpt = None) -> None:
+    """Download a pushed model directory: each file checked against the index's sha256, files
+    already in place kept, the manifest last; on any failure no file changes."""
+    from serve.model_sync import model_store, pull_models
+
+    storage, prefix = model_store(store, endpoint_url)
+    directory = ModelDirectory(model_dir or default_model_dir())
+    report = pull_models(storage, prefix, directory)
+    print(
+        f"pulled {len(report.copied)} files into {directory.root} "
+        f"({len(report.kept)} already there)"
+    )
 
 
 @app.command()

@@ -146,8 +146,13 @@ def cluster() -> dict[str, Any]:
     return read_yaml(CLUSTER_YAML)
 
 
+#: The home of the user the service's image runs as (Ray's image: ``ray``).
+IMAGE_HOME = PurePosixPath("/home/ray")
+
+
 def home_of(config: Mapping[str, Any]) -> PurePosixPath:
-    return PurePosixPath("/home") / config["auth"]["ssh_user"]
+    """Where ``~`` is for the commands and file mounts: the container's user's home."""
+    return IMAGE_HOME if "docker" in config else PurePosixPath("/home") / config["auth"]["ssh_user"]
 
 
 def remote(config: Mapping[str, Any], path: str) -> PurePosixPath:
@@ -211,21 +216,15 @@ def test_cluster_yaml_validates_against_rays_schema() -> None:
         "cache_stopped_nodes": False,
     }
     # Ray's default setup commands (`pip install boto3` into the system Python) are replaced:
-    # every node runs pip, ray and serve from the one virtualenv.
-    (venv_tokens,) = [t for t in commands(raw, "setup_commands") if "venv" in t]
-    venv_bin = str(remote(raw, venv_tokens[-1]) / "bin")
+    # every node runs the image's ray, serve and dfd, and installs nothing.
     for key in ("initialization_commands", "head_setup_commands", "worker_setup_commands"):
         assert raw.get(key) == [], f"{key}: Ray's default would run instead"
     assert prepared["head_setup_commands"] == prepared["worker_setup_commands"]
     assert prepared["head_setup_commands"] == raw["setup_commands"]
     keys = ("head_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
-    tools = [
-        tok
-        for tokens in commands(prepared, *keys)
-        for tok in tokens
-        if PurePosixPath(tok).name in {"pip", "ray", "serve"}
-    ]
-    assert tools and all(str(remote(raw, t).parent) == venv_bin for t in tools), tools
+    every = [tok for tokens in commands(prepared, *keys) for tok in tokens]
+    assert {"ray", "serve", "dfd"} <= set(every)
+    assert not {"pip", "apt-get", "venv"} & {PurePosixPath(t).name for t in every}
 
 
 def test_cluster_yaml_schema_rejects_broken_copies() -> None:
@@ -255,23 +254,33 @@ def test_cluster_yaml_node_types_fit_the_service() -> None:
     assert len(images) == 1 and images.pop().startswith("ami-")
 
 
-def test_cluster_yaml_mounts_the_model_directory_and_the_project() -> None:
+def test_cluster_yaml_pulls_the_model_directory_from_the_bucket() -> None:
+    """Every node pulls the model directory the service loads from object storage into a host
+    folder the container mounts (so a restarted container pulls nothing); nothing is synced
+    through the head but the credentials file, which lives outside the repository."""
     config = cluster()
     service = cluster_service(config)
-    model_dir = PurePosixPath(str(service.analysis.inference.model_dir))
-    mounts = {remote(config, target): source for target, source in config["file_mounts"].items()}
-    assert model_dir in mounts
-    # Ray syncs file mounts as the SSH user before any command runs: the directories outside its
-    # home must already exist when SSH comes up (cloud-init bootcmd), and so must the service's.
+    model_dir = str(service.analysis.inference.model_dir)
+    volumes = [o.split()[1] for o in config["docker"]["run_options"] if o.startswith("--volume")]
+    assert f"{model_dir}:{model_dir}" in volumes
+    assert f"{service.home}:{service.home}" in volumes
+    (command,) = [t for t in commands(config, "setup_commands") if "pull" in t]
+    pull = command[command.index("dfd") :]
+    assert pull[:3] == ["dfd", "models", "pull"]
+    assert pull[3].startswith("s3://") and after(pull, "--model-dir") == model_dir
+    _, env = cluster_env(config)
+    assert after(pull, "--endpoint-url") == env["DFD_STORAGE__ENDPOINT_URL"]
+    assert pull[3].split("/")[2] != env["DFD_STORAGE__BUCKET"], "models apart from artefacts"
+    # The mounted host folders exist and belong to the image's user (uid 1000) before Docker
+    # starts (cloud-init bootcmd).
     for node_type in config["available_node_types"].values():
         user_data = yaml.safe_load(node_type["node_config"]["UserData"])
         boot = " ".join(" ".join(cmd) for cmd in user_data["bootcmd"])
-        assert str(model_dir) in boot and str(service.home) in boot
-    project = local_of(config, remote(config, "/home/ubuntu/dfd"))
-    assert project == REPO and (project / "pyproject.toml").is_file()
+        assert model_dir in boot and str(service.home) in boot and "1000:1000" in boot
     # Credentials come from a file outside the repository, never from cluster.yaml.
-    secrets = [(target, source) for target, source in mounts.items() if "secret" in str(target)]
-    ((secrets_target, secrets_source),) = secrets
+    mounts = {remote(config, target): source for target, source in config["file_mounts"].items()}
+    ((secrets_target, secrets_source),) = mounts.items()
+    assert "secret" in str(secrets_target)
     assert not Path(secrets_source).expanduser().resolve().is_relative_to(REPO)
     assert "AWS_" not in yaml.safe_dump(config), "credentials belong in the secrets file"
     env_file, _ = cluster_env(config)
@@ -280,6 +289,7 @@ def test_cluster_yaml_mounts_the_model_directory_and_the_project() -> None:
         sourced = [remote(config, tokens[i + 1]) for i, t in enumerate(tokens) if t == "."]
         assert sourced == [env_file, secrets_target], key
         assert tokens.index("start") > max(i for i, t in enumerate(tokens) if t == ".")
+    assert remote(config, after(command, ".")) == secrets_target  # the pull's credentials
 
 
 def test_cluster_yaml_ray_ports_leave_redis_alone() -> None:
@@ -302,15 +312,33 @@ def test_cluster_yaml_ray_ports_leave_redis_alone() -> None:
         assert PurePosixPath(first[0]).name == "ray" and first[1:] == ["stop"], key
 
 
-def test_cluster_yaml_installs_pinned_and_deploys_a_file_that_exists() -> None:
+def image_source(path: PurePosixPath) -> Path | None:
+    """The file of this repository that a path inside the service's image comes from (the
+    Dockerfile's WORKDIR and its ``COPY src src`` lines), if any."""
+    text = DOCKERFILE.read_text()
+    (workdir,) = re.findall(r"^WORKDIR (\S+)$", text, flags=re.MULTILINE)
+    if not path.is_relative_to(workdir):
+        return None
+    relative = path.relative_to(workdir)
+    copied = re.findall(r"^COPY \S+ (\S+) \1$", text, flags=re.MULTILINE)
+    if not any(relative.is_relative_to(c) for c in copied):
+        return None
+    return REPO / relative
+
+
+def test_cluster_yaml_runs_this_versions_image_and_deploys_a_file_it_holds() -> None:
     config = cluster()
-    (install,) = [t for t in commands(config, "setup_commands") if "install" in t and "-c" in t]
-    assert local_of(config, remote(config, after(install, "-c"))) == CONSTRAINTS
-    assert CONSTRAINTS.is_file()
-    assert local_of(config, remote(config, after(install, "-e"))) == REPO
+    docker = config["docker"]
+    image = f"ghcr.io/dfd-project/dfd:{__version__}"
+    assert docker["image"] == f"{image}-cpu" and docker["pull_before_run"] is True
+    assert "--build-arg VARIANT=cpu" in DOCKERFILE.read_text()
+    types = config["available_node_types"]
+    for name, node_type in types.items():
+        wanted = image if node_type["resources"].get("GPU", 0) else f"{image}-cpu"
+        assert node_type.get("docker", {}).get("worker_image", docker["image"]) == wanted, name
     (deploy,) = [t for t in commands(config, "head_start_ray_commands") if "deploy" in t]
-    assert PurePosixPath(deploy[deploy.index("deploy") - 1]).name == "serve"
-    deployed = local_of(config, remote(config, after(deploy, "deploy")))
+    assert deploy[deploy.index("deploy") - 1] == "serve"
+    deployed = image_source(remote(config, after(deploy, "deploy")))
     assert deployed == SERVE_YAML and deployed.is_file()
 
 

@@ -15,13 +15,16 @@ from pipeline.models import ModelDirectory
 from tests.support.models import make_model_dir
 
 
-def dfd(*args: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DFD_HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"}
+def dfd(
+    *args: str, home: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, **(env or {}), "DFD_HOME": str(home), "COLUMNS": "200",
+               "NO_COLOR": "1"}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "dfd", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=environ,
         timeout=timeout,
     )
 

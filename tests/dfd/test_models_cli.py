@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -146,3 +147,57 @@ def test_import_format_refuses_bad_files_and_writes_nothing(tmp_path: Path) -> N
         assert snapshot(models) == before
     with pytest.raises(CheckpointError, match="unknown checkpoint format 'nope'"):
         import_format("nope", wrong, "x")
+
+
+def test_push_and_pull_through_object_storage(fetched: Path, tmp_path: Path) -> None:
+    """``dfd models push`` then ``pull`` on another "node" (a real S3 server on loopback): the
+    same files, checked by sha256; a second pull downloads nothing; a file changed in the store
+    fails the pull with a one-line error and leaves the node's directory as it was."""
+    import boto3
+
+    from tests.support.s3server import moto_s3_server
+
+    source = fetched / "models"
+    (source / "aux").mkdir(exist_ok=True)
+    (source / "aux" / "resnet50.pt").write_bytes(b"not really resnet weights")
+    node = tmp_path / "node-models"
+    with moto_s3_server() as endpoint:
+        env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+               "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+        s3 = boto3.client("s3", endpoint_url=endpoint, **_aws(env))
+        s3.create_bucket(Bucket="dfd-models")
+        store = "s3://dfd-models/v0.1.0"
+
+        def run(*args: str) -> Any:
+            return dfd("models", *args, "--endpoint-url", endpoint, home=tmp_path, env=env)
+
+        pushed = run("push", store, "--model-dir", str(source))
+        assert pushed.returncode == 0, pushed.stderr
+        assert "pushed 6 files" in pushed.stdout  # 4 MesoNet checkpoints, aux, manifest
+        first = run("pull", store, "--model-dir", str(node))
+        assert first.returncode == 0, first.stderr
+        assert snapshot(node) == snapshot(source)
+        verified = dfd("models", "verify", "--model-dir", str(node), home=tmp_path)
+        assert verified.returncode == 0 and verified.stdout.count(": ok") == 4
+        again = run("pull", store, "--model-dir", str(node))
+        assert "pulled 0 files" in again.stdout and "(6 already there)" in again.stdout
+        # Another file in the store under a pushed name: refused, nothing changes here.
+        manifest = json.loads((node / "manifest.json").read_text())
+        victim = next(m["checkpoint"] for m in manifest["members"] if m["checkpoint"])
+        s3.put_object(Bucket="dfd-models", Key=f"v0.1.0/{victim}", Body=b"tampered")
+        (node / victim).write_bytes(b"stale local copy")
+        before = snapshot(node)
+        bad = run("pull", store, "--model-dir", str(node))
+        assert bad.returncode != 0 and "is not the index's" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+        assert snapshot(node) == before
+        missing = run("pull", "s3://dfd-models/absent", "--model-dir", str(tmp_path / "x"))
+        assert missing.returncode != 0 and "dfd models push" in missing.stderr
+
+
+def _aws(env: dict[str, str]) -> dict[str, str]:
+    return {
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        "region_name": env["AWS_DEFAULT_REGION"],
+    }
