@@ -38,6 +38,7 @@ from serve.routes.about import about_router
 from serve.routes.jobs import JobCreated, JobView, jobs_router
 from serve.routes.operations import install_request_metrics, operations_router
 from serve.ui import mount_ui
+from serve.uploads import BodyLimit
 
 __all__ = [
     "ApiContext",
@@ -75,4 +76,5 @@ def create_api(ctx: ApiContext) -> FastAPI:
             mever_router(ctx, service), prefix=ctx.config.mever.base_path.rstrip("/")
         )
     mount_ui(app)
+    app.add_middleware(BodyLimit, upload_limit=ctx.config.max_upload_bytes)
     return app

@@ -150,7 +150,6 @@ class SQLiteKeyStore(KeyStore):
         super().__init__(clock)
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         sqlite_enable_wal(self.path, busy_timeout_s)
         conn = sqlite_connect(self.path, busy_timeout_s)
         try:

@@ -228,6 +228,20 @@ def problem_response(problem: Problem, headers: Mapping[str, str] | None = None)
 _STATUS_KINDS = {401: "unauthorized", 403: "forbidden", 404: "not-found", 409: "conflict"}
 
 
+def _single(exc: BaseException | None) -> BaseException | None:
+    """``exc``, or the one exception inside (nested) exception groups: a middleware's task
+    group wraps what the body reader raised."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0] if len(exc.exceptions) == 1 else None
+    return exc
+
+
+def _problem_cause(exc: BaseException | None) -> ProblemError | None:
+    """The :class:`ProblemError` behind ``exc``, itself or in an exception group."""
+    single = _single(exc)
+    return single if isinstance(single, ProblemError) else None
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Make every error ``app`` returns a problem+json response.
 
@@ -239,6 +253,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
     from starlette.responses import Response
 
     async def on_problem(request: Request, exc: Exception) -> Response:
@@ -267,6 +282,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        cause = _problem_cause(exc.__cause__)
+        if cause is not None:  # e.g. a bounded body FastAPI was parsing
+            return await on_problem(request, cause)
         detail = exc.detail if isinstance(exc.detail, str) else None
         kind = _STATUS_KINDS.get(exc.status_code)
         if kind is not None:
@@ -282,6 +300,15 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(problem, exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
+        cause = _problem_cause(exc)
+        if cause is not None:
+            return await on_problem(request, cause)
+        if isinstance(_single(exc), ClientDisconnect):
+            # A client that went away while sending its body: normal, nobody reads the answer.
+            _log.debug("client disconnected during %s %s", request.method, request.url.path)
+            return problem_response(
+                make_problem("invalid-input", "the client closed the connection mid-request")
+            )
         error_id = secrets.token_hex(8)
         _log.error(
             "unhandled error %s on %s %s",

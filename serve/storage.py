@@ -36,6 +36,7 @@ __all__ = [
     "LocalStorage",
     "RangeNotSatisfiableError",
     "S3Storage",
+    "private_dir",
     "validate_key",
     "validate_prefix",
 ]
@@ -196,7 +197,7 @@ class LocalStorage(ArtefactStorage):
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         self._meta_root = self.root / ".meta"
 
     def _path(self, key: str) -> Path:
@@ -307,6 +308,16 @@ class LocalStorage(ArtefactStorage):
         if not path.is_file():
             raise ArtefactNotFoundError(f"no artefact {key}")
         return path
+
+
+def private_dir(path: Path) -> None:
+    """Create the folder ``path`` for its owner only (0700), unless it exists (it keeps its
+    mode); parents are created as usual."""
+    try:
+        path.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
 
 
 def _file_chunks(f: BinaryIO, remaining: int, chunk_size: int) -> Iterator[bytes]:

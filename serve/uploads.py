@@ -14,9 +14,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from pipeline.media import IMAGE_FORMATS, VIDEO_FORMATS, sniff_format
-from serve.problems import ProblemError
+from serve.problems import ProblemError, problem_from_exception, problem_response
 
 __all__ = [
+    "JSON_BODY_LIMIT",
+    "BodyLimit",
     "Upload",
     "clean_filename",
     "media_format_of",
@@ -27,6 +29,9 @@ __all__ = [
 
 #: Multipart framing around an upload may add this much to ``max_upload_bytes``.
 _MULTIPART_SLACK = 1 << 20
+#: Any body that is not a multipart upload (JSON, forms): far above any valid request (a URL is
+#: at most 8 KiB), far below what would cost memory.
+JSON_BODY_LIMIT = 64 * 1024
 _CHUNK = 1 << 20
 
 
@@ -135,3 +140,67 @@ def spool_upload(part: UploadFile, fields: dict[str, str], limit: int) -> Upload
         size,
         fields,
     )
+
+
+class BodyLimit:
+    """ASGI middleware: every request body is bounded before a route reads it.
+
+    A multipart upload may be ``upload_limit`` bytes (plus its framing), any other body
+    :data:`JSON_BODY_LIMIT`. A declared ``Content-Length`` over the limit is answered ``413
+    too-large`` at once, without reading the body; a body that grows past it while it streams
+    (chunked, or a dishonest length) fails the read with the same problem, so no route ever
+    holds more than the limit in memory.
+    """
+
+    def __init__(self, app: Any, upload_limit: int) -> None:
+        self.app = app
+        self.upload_limit = upload_limit
+
+    def _limit(self, headers: dict[bytes, bytes]) -> int:
+        ctype = headers.get(b"content-type", b"").lower()
+        if ctype.startswith(b"multipart/form-data"):
+            return self.upload_limit + _MULTIPART_SLACK
+        return JSON_BODY_LIMIT
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        limit = self._limit(headers)
+        refused = ProblemError.of(
+            "too-large",
+            f"this request's body is limited to {limit:,} bytes"
+            if limit == JSON_BODY_LIMIT
+            else f"uploads are limited to {self.upload_limit / 1024**2:.0f} MiB",
+        )
+        problem = problem_from_exception(refused, instance=scope.get("path"))
+        too_large = problem_response(problem, {"Connection": "close"})
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await too_large(scope, receive, send)
+            return
+        received, started = 0, False
+
+        async def bounded() -> Any:
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise refused
+            return message
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, bounded, tracked)
+        except Exception:
+            # The refusal reaches here from wherever the body was read, possibly wrapped (an
+            # ExceptionGroup from a middleware's task group): answer it unless a response began.
+            if received <= limit or started:
+                raise
+            await too_large(scope, receive, send)

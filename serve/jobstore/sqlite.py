@@ -7,6 +7,7 @@ connections the same way for other SQLite state (the API key store, :mod:`serve.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from serve.jobstore import base
 from serve.jobstore.base import CacheKey, Job, JobStatus, JobStore
+from serve.storage import private_dir
 
 __all__ = ["SQLiteJobStore", "sqlite_connect", "sqlite_enable_wal"]
 
@@ -28,8 +30,24 @@ def sqlite_connect(path: str | Path, busy_timeout_s: float = 10.0) -> sqlite3.Co
     return conn
 
 
+def sqlite_create_private(path: str | Path) -> None:
+    """Create the database file readable by its owner only (0600: it holds jobs and key
+    hashes), in a folder created 0700; SQLite gives its ``-wal`` and ``-shm`` files the
+    database's mode. An existing file keeps its mode."""
+    path = Path(path)
+    private_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+
+
 def sqlite_enable_wal(path: str | Path, busy_timeout_s: float = 10.0) -> None:
-    """Switch the database file to WAL (persistent): readers never block the one writer."""
+    """Create the database file if needed (:func:`sqlite_create_private`) and switch it to WAL
+    (persistent): readers never block the one writer."""
+    sqlite_create_private(path)
     conn = sqlite_connect(path, busy_timeout_s)
     try:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -76,7 +94,6 @@ class SQLiteJobStore(JobStore):
         super().__init__(clock)
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         sqlite_enable_wal(self.path, busy_timeout_s)
         with self._read() as conn:
             # executescript commits any open transaction first, so the script carries its own.

@@ -693,3 +693,76 @@ def test_large_uploads_go_straight_to_the_bucket(
             assert_problem(declared, "too-large", 413)
             both = http.post("/v1/jobs", json={"upload": first["id"], "url": "https://a.b/c"})
             assert_problem(both, "invalid-input", 422)
+
+
+def test_every_body_is_bounded_before_it_is_read(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels
+) -> None:
+    """A JSON body declaring 2 GiB is answered 413 at once, without the client sending it; a
+    chunked body with no length is cut off at the limit; the routes that parse JSON themselves
+    and those FastAPI parses are bounded alike; uploads keep their own, larger, limit."""
+    import socket
+    from urllib.parse import urlparse
+
+    cfg = config(tmp_path, model_dir, max_upload_bytes=300_000)
+    with local_service(cfg, local_models) as svc, svc.client() as http:
+        address = urlparse(svc.base_url)
+
+        def declared(path: str, ctype: str, length: int) -> bytes:
+            with socket.create_connection((address.hostname, address.port), timeout=10) as s:
+                s.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {length}\r\n\r\n".encode()
+                    + b"{"
+                )
+                return s.recv(65536)  # answered before the body: no timeout
+
+        for path in ("/v1/jobs", "/v1/uploads"):
+            answer = declared(path, "application/json", 2**31)
+            assert answer.startswith(b"HTTP/1.1 413") and b"too-large" in answer, answer[:200]
+        assert declared("/v1/jobs", "multipart/form-data; boundary=x", 2**31).startswith(
+            b"HTTP/1.1 413"
+        )
+
+        def chunks(n: int) -> Iterator[bytes]:
+            yield b'{"url": "https://example.org/' + b"a" * 1000
+            for _ in range(n):
+                yield b"a" * 65536
+
+        for path in ("/v1/jobs", "/v1/uploads"):
+            r = http.post(path, content=chunks(100), headers={"content-type": "application/json"})
+            assert_problem(r, "too-large", 413)
+        # Within the limits, everything works as before.
+        ok = http.post("/v1/jobs", json={"url": "ftp://example.org/a.jpg"})
+        assert_problem(ok, "invalid-url", 400)
+
+
+def test_a_client_leaving_mid_body_is_not_an_error(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that closes its connection while its body is read is a normal event: logged
+    at debug level, no traceback, no ``unhandled error``."""
+    import logging
+    import socket
+    from urllib.parse import urlparse
+
+    cfg = config(tmp_path, model_dir)
+    with local_service(cfg, local_models) as svc, svc.client() as http:
+        address = urlparse(svc.base_url)
+        caplog.set_level(logging.DEBUG, logger="serve.problems")
+        for path, ctype in (("/v1/jobs", "application/json"),
+                            ("/v1/jobs", "multipart/form-data; boundary=x"),
+                            ("/v1/uploads", "application/json")):  # fmt: skip
+            with socket.create_connection((address.hostname, address.port), timeout=10) as s:
+                s.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                    "Content-Length: 5000\r\n\r\n".encode()
+                    + b'{"url": "https://exa'
+                )
+        wait_for(
+            lambda: sum("disconnected" in r.getMessage() for r in caplog.records) >= 2,
+            timeout=10,
+        )
+        assert http.get("/healthz").status_code == 200
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not errors, [r.getMessage() for r in errors]

@@ -30,7 +30,7 @@ from serve.jobstore import (
     url_source_key,
 )
 from serve.jobstore.redis import RedisJobStore
-from serve.jobstore.sqlite import SQLiteJobStore
+from serve.jobstore.sqlite import SQLiteJobStore, sqlite_connect
 from serve.problems import make_problem, problem_type
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -427,3 +427,42 @@ def test_sqlite_two_processes_share_one_queue(tmp_path: Path) -> None:
     flat = parts[0] + parts[1]
     assert len(flat) == len(ids) and set(flat) == ids
     assert store.count("done") == len(ids)
+
+
+def test_the_embedded_state_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Jobs and key hashes live in SQLite files created 0600 in a folder created 0700 (SQLite
+    gives its WAL files the database's mode), artefacts in a folder created 0700, whatever the
+    umask; folders and files that already exist keep their modes."""
+    import os
+    import stat
+
+    from serve.auth import SQLiteKeyStore
+    from serve.storage import LocalStorage
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    old = os.umask(0o022)
+    try:
+        home = tmp_path / "home"
+        jobs = SQLiteJobStore(home / "state" / "jobs.db")
+        jobs.count()
+        SQLiteKeyStore(home / "state" / "keys.db").create_key("k")
+        storage = LocalStorage(home / "artefacts")
+        storage.put_bytes("jobs/a/x.jpg", b"x")
+        shared = tmp_path / "shared"
+        shared.mkdir(mode=0o755)
+        LocalStorage(shared)
+    finally:
+        os.umask(old)
+    state = home / "state"
+    assert mode(state) == 0o700 and mode(home / "artefacts") == 0o700
+    reader = sqlite_connect(state / "jobs.db")  # an open connection keeps the WAL files
+    try:
+        reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        modes = {p.name: mode(p) for p in state.iterdir()}
+    finally:
+        reader.close()
+    assert set(modes) >= {"jobs.db", "jobs.db-wal", "jobs.db-shm", "keys.db"}
+    assert modes == dict.fromkeys(modes, 0o600)
+    assert mode(shared) == 0o755
