@@ -289,8 +289,8 @@ def _bucket_params(rate_per_min: int, burst: int | None, cost: int) -> tuple[int
     if rate_per_min < 1:
         raise ValueError(f"rate_per_min must be >= 1, got {rate_per_min}")
     capacity = rate_per_min if burst is None else burst
-    if capacity < 1 or not 1 <= cost <= capacity:
-        raise ValueError(f"need 1 <= cost ({cost}) <= burst ({capacity})")
+    if capacity < 1 or not 0 <= cost <= capacity:
+        raise ValueError(f"need 0 <= cost ({cost}) <= burst ({capacity})")
     return capacity, rate_per_min / 60.0
 
 
@@ -304,7 +304,8 @@ class RateLimiter(ABC):
         """Take ``cost`` tokens from ``bucket_id``'s bucket if it has them.
 
         The bucket holds at most ``burst`` tokens (default ``rate_per_min``) and refills at
-        ``rate_per_min / 60`` tokens per second; a new bucket starts full.
+        ``rate_per_min / 60`` tokens per second; a new bucket starts full. ``cost`` 0 only
+        looks: allowed while at least one token is left, nothing taken.
         """
 
 
@@ -335,13 +336,14 @@ class MemoryRateLimiter(RateLimiter):
             if now > last:
                 tokens = min(capacity, tokens + (now - last) * per_s)
                 last = now
-            allowed = tokens >= cost
+            need = max(cost, 1)
+            allowed = tokens >= need
             if allowed:
                 tokens -= cost
             self._buckets[bucket_id] = (tokens, last, capacity, per_s)
             if len(self._buckets) > self._max_buckets:
                 self._forget_full(now)
-        retry = 0.0 if allowed else (cost - tokens) / per_s
+        retry = 0.0 if allowed else (need - tokens) / per_s
         return RateDecision(allowed, capacity, int(tokens), retry)
 
     def _forget_full(self, now: float) -> None:
@@ -375,11 +377,12 @@ if now > ts then
 end
 local allowed = 0
 local retry = 0
-if tokens >= cost then
+local need = math.max(cost, 1)
+if tokens >= need then
   tokens = tokens - cost
   allowed = 1
 else
-  retry = (cost - tokens) / per_s
+  retry = (need - tokens) / per_s
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
 redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / per_s * 1000) + 1000)

@@ -306,6 +306,10 @@ class AuthSettings(_Model):
     anonymous_rate_per_min: int = Field(600, ge=1)
     #: Bucket size (requests allowed at once); ``None``: the per-minute rate.
     burst: int | None = Field(None, ge=1)
+    #: Failed authentications allowed per client address and minute (at most this many at
+    #: once): beyond, every request from the address is refused 429 until the bucket refills,
+    #: valid keys included, so that keys cannot be guessed faster.
+    failed_auth_per_min: int = Field(10, ge=1)
 
 
 class JobSettings(_Model):

@@ -29,9 +29,19 @@ def authenticate(ctx: ApiContext, request: Request) -> Client:
     auth = ctx.config.auth
     if auth.mode == "keys":
         assert ctx.keys is not None
+        failures = f"authfail:{address}"
+        gate = ctx.limiter.hit(failures, auth.failed_auth_per_min, cost=0)
+        if not gate.allowed:
+            raise ProblemError.of(
+                "rate-limited",
+                f"too many failed authentications from this address; retry in "
+                f"{gate.headers()['Retry-After']} s",
+                headers=gate.headers(),
+            )
         presented = _presented_key(request)
         record = ctx.keys.verify(presented) if presented else None
         if record is None:
+            ctx.limiter.hit(failures, auth.failed_auth_per_min)
             raise ProblemError.of(
                 "unauthorized",
                 "a valid API key is required: send 'Authorization: Bearer <key>'",

@@ -766,3 +766,23 @@ def test_a_client_leaving_mid_body_is_not_an_error(
         assert http.get("/healthz").status_code == 200
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not errors, [r.getMessage() for r in errors]
+
+
+def test_failed_authentication_is_rate_limited_per_address(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels
+) -> None:
+    """Wrong keys from one address: 401 up to ``failed_auth_per_min``, then 429 with
+    ``Retry-After`` for every request from that address, a valid key included (else a valid
+    key would still stand out among the refusals)."""
+    cfg = config(tmp_path, model_dir, auth=AuthSettings(mode="keys", failed_auth_per_min=5))
+    _, key = cfg.resolved().open_key_store().create_key("tests")
+    with local_service(cfg, local_models) as svc:
+        statuses = []
+        for i in range(40):
+            r = httpx.get(f"{svc.base_url}/v1/jobs", headers={"X-API-Key": f"dfd_wrong{i}"})
+            statuses.append(r.status_code)
+        assert statuses == [401] * 5 + [429] * 35
+        body = assert_problem(r, "rate-limited", 429)
+        assert "failed authentications" in body["detail"] and int(r.headers["retry-after"]) >= 1
+        with svc.client(key) as http:
+            assert http.get("/v1/jobs").status_code == 429

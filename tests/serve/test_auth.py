@@ -241,6 +241,16 @@ def test_limiter_burst_and_cost(limiter: RateLimiter, clock: Clock) -> None:
         limiter.hit("k", rate_per_min=0)
 
 
+def test_limiter_cost_zero_looks_without_taking(limiter: RateLimiter, clock: Clock) -> None:
+    assert limiter.hit("p", rate_per_min=60, burst=1, cost=0).allowed
+    assert limiter.hit("p", rate_per_min=60, burst=1, cost=0).remaining == 1
+    assert limiter.hit("p", rate_per_min=60, burst=1).allowed
+    d = limiter.hit("p", rate_per_min=60, burst=1, cost=0)
+    assert not d.allowed and d.retry_after_s == pytest.approx(1.0)
+    clock.advance(1.0)
+    assert limiter.hit("p", rate_per_min=60, burst=1, cost=0).allowed
+
+
 def test_limiter_is_atomic_under_threads(limiter: RateLimiter) -> None:
     allowed = []
     lock = threading.Lock()
