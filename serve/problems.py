@@ -70,6 +70,9 @@ def _registry(*kinds: ProblemKind) -> dict[str, ProblemKind]:
 #: 502/504 when the remote source failed, 503 when the service cannot serve it as deployed now.
 PROBLEM_KINDS: Mapping[str, ProblemKind] = _registry(
     ProblemKind("invalid-url", 400, "Invalid URL"),
+    # A request HTTP itself finds malformed (a multipart body without a boundary, two files).
+    ProblemKind("bad-request", 400, "Bad request"),
+    ProblemKind("method-not-allowed", 405, "Method not allowed"),
     ProblemKind("invalid-input", 422, "Invalid input"),
     ProblemKind("unsupported-media", 422, "Unsupported media"),
     ProblemKind("corrupt-media", 422, "Corrupt media"),
@@ -225,7 +228,20 @@ def problem_response(problem: Problem, headers: Mapping[str, str] | None = None)
 
 
 #: Plain HTTP errors raised by the framework (unknown route, wrong method...) that have a kind.
-_STATUS_KINDS = {401: "unauthorized", 403: "forbidden", 404: "not-found", 409: "conflict"}
+#: The kind of an HTTP error the framework raises, by status.
+_STATUS_KINDS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "too-large",
+    416: "range-not-satisfiable",
+    422: "invalid-input",
+    429: "rate-limited",
+    503: "overloaded",
+}
 
 
 def _single(exc: BaseException | None) -> BaseException | None:
@@ -240,6 +256,23 @@ def _problem_cause(exc: BaseException | None) -> ProblemError | None:
     """The :class:`ProblemError` behind ``exc``, itself or in an exception group."""
     single = _single(exc)
     return single if isinstance(single, ProblemError) else None
+
+
+#: The methods a 405's ``Allow`` may name.
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Any) -> list[str]:
+    """Every method some route of the app answers on this path (Starlette's own ``Allow``
+    names only the methods of the first route that matched the path)."""
+    from starlette.routing import Match
+
+    def answers(method: str) -> bool:
+        # The full path (the request's own scope may be a mount's, its path made relative).
+        scope = {"type": "http", "path": request.url.path, "root_path": "", "method": method}
+        return any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes)
+
+    return [m for m in _METHODS if answers(m)]
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -287,6 +320,11 @@ def install_problem_handlers(app: FastAPI) -> None:
             return await on_problem(request, cause)
         detail = exc.detail if isinstance(exc.detail, str) else None
         kind = _STATUS_KINDS.get(exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = _allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not allowed here; use {', '.join(allowed)}"
         if kind is not None:
             problem = make_problem(kind, detail, instance=request.url.path)
         else:
@@ -297,7 +335,7 @@ def install_problem_handlers(app: FastAPI) -> None:
             problem = Problem(
                 title=title, status=exc.status_code, detail=detail, instance=request.url.path
             )
-        return problem_response(problem, exc.headers)
+        return problem_response(problem, headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         cause = _problem_cause(exc)

@@ -786,3 +786,31 @@ def test_failed_authentication_is_rate_limited_per_address(
         assert "failed authentications" in body["detail"] and int(r.headers["retry-after"]) >= 1
         with svc.client(key) as http:
             assert http.get("/v1/jobs").status_code == 429
+
+
+def test_errors_the_framework_raises_are_typed_problems(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels
+) -> None:
+    """Malformed multipart bodies and unrouted methods answer problems with a stable type, and
+    a 405's ``Allow`` names every method routed on the path."""
+    cfg = config(tmp_path, model_dir)
+    with local_service(cfg, local_models) as svc, svc.client() as http:
+        two_files = http.post(
+            "/v1/jobs", files=[("file", ("a.jpg", b"1")), ("file", ("b.jpg", b"2"))]
+        )
+        assert_problem(two_files, "bad-request", 400)
+        no_boundary = http.post(
+            "/v1/jobs", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}
+        )
+        assert_problem(no_boundary, "bad-request", 400)
+        fields = {f"f{i}": "x" for i in range(20)}
+        many = http.post("/v1/jobs", files={"file": ("a.jpg", b"1")}, data=fields)
+        assert_problem(many, "bad-request", 400)
+        put = http.put("/v1/jobs", json={})
+        assert_problem(put, "method-not-allowed", 405)
+        assert put.headers["allow"] == "GET, POST", put.text
+        options = http.options("/v1/jobs/abc")
+        assert_problem(options, "method-not-allowed", 405)
+        assert options.headers["allow"] == "DELETE, GET"
+        artefact = http.post("/v1/jobs/abc/artefacts/a.jpg")
+        assert artefact.headers["allow"] == "GET, HEAD"

@@ -276,6 +276,6 @@ def test_handler_framework_http_errors(client: TestClient) -> None:
     assert r.json()["type"] == problem_type("not-found")
     r = client.delete("/limited")
     assert r.status_code == 405
-    assert r.json()["type"] == "about:blank"
-    assert r.json()["title"] == "Method Not Allowed"
+    assert r.json()["type"] == problem_type("method-not-allowed")
+    assert r.json()["title"] == "Method not allowed"
     assert "allow" in r.headers
