@@ -37,7 +37,7 @@ from serve.problems import install_problem_handlers
 from serve.routes.about import about_router
 from serve.routes.jobs import JobCreated, JobView, jobs_router
 from serve.routes.operations import install_request_metrics, operations_router
-from serve.ui import mount_ui
+from serve.ui import mount_docs, mount_ui
 from serve.uploads import BodyLimit
 
 __all__ = [
@@ -60,6 +60,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
         version=__version__,
         description="Asynchronous DeepFake analysis of images and videos (paper 3.3).",
         redirect_slashes=False,
+        docs_url=None,  # served below from local files, not from a CDN
+        redoc_url=None,
     )
     install_problem_handlers(app)
     registry = CollectorRegistry()
@@ -76,5 +78,6 @@ def create_api(ctx: ApiContext) -> FastAPI:
             mever_router(ctx, service), prefix=ctx.config.mever.base_path.rstrip("/")
         )
     mount_ui(app)
+    mount_docs(app)
     app.add_middleware(BodyLimit, upload_limit=ctx.config.max_upload_bytes)
     return app

@@ -32,6 +32,7 @@ __all__ = [
     "UI_DIR",
     "UiAsset",
     "load_assets",
+    "mount_docs",
     "mount_ui",
 ]
 
@@ -150,3 +151,43 @@ def mount_ui(app: FastAPI, root: Path = UI_DIR) -> None:
         # Only a URL that names the current content may be cached for good; any other asks
         # again, so an old page never pairs with a new script or the other way round.
         return _answer(request, asset, _IMMUTABLE if current else "no-cache")
+
+
+#: Swagger UI's files, from the installed ``fastapi-offline`` package (MIT).
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "favicon.png": "image/png",
+}
+
+
+def mount_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI over ``/openapi.json`` with its script, style and icon served here
+    (``/docs/assets/<name>``), so that the page works where no CDN can be reached."""
+    import importlib.resources
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    folder = importlib.resources.files("fastapi_offline") / "static"
+    files = {name: (folder / name).read_bytes() for name in DOCS_ASSETS}
+    base = "/docs/assets/"
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=base + "swagger-ui-bundle.js",
+            swagger_css_url=base + "swagger-ui.css",
+            swagger_favicon_url=base + "favicon.png",
+        )
+
+    @app.get(base + "{name}", include_in_schema=False)
+    def docs_asset(name: str) -> Response:
+        if name not in files:
+            raise ProblemError.of("not-found", f"the API documentation has no file {name!r}")
+        return Response(
+            files[name],
+            media_type=DOCS_ASSETS[name],
+            headers={"Cache-Control": "public, max-age=86400"},
+        )

@@ -814,3 +814,22 @@ def test_errors_the_framework_raises_are_typed_problems(
         assert options.headers["allow"] == "DELETE, GET"
         artefact = http.post("/v1/jobs/abc/artefacts/a.jpg")
         assert artefact.headers["allow"] == "GET, HEAD"
+
+
+def test_api_docs_need_no_cdn(tmp_path: Path, model_dir: Path, local_models: LocalModels) -> None:
+    """``/docs`` names only its own assets, and they are served (the browser tests check the
+    page with the network blocked)."""
+    import re
+
+    with local_service(config(tmp_path, model_dir), local_models) as svc, svc.client() as http:
+        page = http.get("/docs")
+        assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+        urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", page.text)
+        assert urls and all(u.startswith("/") for u in urls), urls
+        types = {u: http.get(u).headers["content-type"] for u in urls if u != "/openapi.json"}
+        assert types == {
+            "/docs/assets/swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+            "/docs/assets/swagger-ui.css": "text/css; charset=utf-8",
+            "/docs/assets/favicon.png": "image/png",
+        }
+        assert_problem(http.get("/docs/assets/nope.js"), "not-found", 404)

@@ -564,3 +564,34 @@ def test_untrained_weights_are_announced(
             ui.page.context.close()
         with service.client() as http:
             assert wait_job(http, job_id)["status"] == "done"
+
+
+@pytest.mark.browser
+def test_api_docs_work_with_the_network_blocked(
+    browser: Any, tmp_path: Path, model_dir: Path, local_models: LocalModels
+) -> None:
+    """``/docs`` loads Swagger UI's script and style from the service itself: with every
+    request to another origin refused, the page lists every operation of ``/openapi.json``."""
+    config = ServiceConfig(home=tmp_path / "home", analysis=analysis_settings(model_dir))
+    with local_service(config, local_models) as service:
+        context = browser.new_context()
+        blocked: list[str] = []
+
+        def only_the_service(route: Any) -> None:
+            if route.request.url.startswith(service.base_url):
+                route.continue_()
+            else:
+                blocked.append(route.request.url)
+                route.abort()
+
+        try:
+            page = context.new_page()
+            page.route("**/*", only_the_service)
+            page.goto(service.base_url + "/docs")
+            page.wait_for_selector(".opblock", timeout=30_000)
+            spec = httpx.get(service.base_url + "/openapi.json").json()
+            operations = sum(len(methods) for methods in spec["paths"].values())
+            assert page.locator(".opblock").count() == operations
+            assert blocked == []
+        finally:
+            context.close()
