@@ -33,7 +33,7 @@ from serve.context import ApiContext, Client, HandleRunnerClient, RunnerClient
 from serve.jobs_service import JobsService, resolve_artefacts
 from serve.metrics import ServiceMetrics
 from serve.mever import mever_router
-from serve.problems import install_problem_handlers
+from serve.problems import document_problems, install_problem_handlers
 from serve.routes.about import about_router
 from serve.routes.jobs import JobCreated, JobView, jobs_router
 from serve.routes.operations import install_request_metrics, operations_router
@@ -64,6 +64,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
         redoc_url=None,
     )
     install_problem_handlers(app)
+    document_problems(app)
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry)
     service = JobsService(ctx, metrics)

@@ -38,6 +38,7 @@ __all__ = [
     "Problem",
     "ProblemError",
     "ProblemKind",
+    "document_problems",
     "install_problem_handlers",
     "make_problem",
     "problem_from_exception",
@@ -366,3 +367,37 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+#: Statuses every operation may answer with a problem (auth, rate limits, body limits, schema,
+#: overload, unexpected errors, and route-specific ones); 502/504 only ever describe a job.
+_DOCUMENTED_STATUSES = sorted({k.status for k in PROBLEM_KINDS.values()} - {405, 502, 504})
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make ``app``'s OpenAPI document say what the service answers: every operation lists the
+    problem statuses (:data:`_DOCUMENTED_STATUSES`) as ``application/problem+json`` with the
+    ``Problem`` schema, in place of FastAPI's default 422 body."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Problem"] = Problem.model_json_schema()
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        problem = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                for status in _DOCUMENTED_STATUSES:
+                    title = HTTPStatus(status).phrase
+                    responses[str(status)] = {"description": title, "content": problem}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -4,14 +4,15 @@ cancel or delete it (the routes are thin over :class:`~serve.jobs_service.JobsSe
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from serve.context import ApiContext, Client
+from serve.jobs import MEDIA_TYPES
 from serve.jobs_service import JobsService, truthy
 from serve.jobstore import Job, JobStatus, Progress
 from serve.problems import ProblemError
@@ -114,6 +115,21 @@ UPLOAD_DOC = {
 }
 
 
+#: What the artefact route answers: gallery images, crops and the analysed medium (any of
+#: the formats an upload may have), whole or a range, or a redirect to the bucket.
+ARTEFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the artefact",
+        "content": {
+            media_type: {"schema": {"type": "string", "format": "binary"}}
+            for media_type in sorted({*MEDIA_TYPES.values(), "application/octet-stream"})
+        },
+    },
+    206: {"description": "the requested byte range (Range)"},
+    307: {"description": "S3 with a public endpoint: fetch it from the presigned Location"},
+}
+
+
 def job_url(ctx: ApiContext, request: Request, job_id: str) -> str:
     """The job's absolute URL."""
     return f"{ctx.base_url(request)}/v1/jobs/{job_id}"
@@ -212,11 +228,12 @@ def jobs_router(ctx: ApiContext, service: JobsService) -> APIRouter:
 
     @router.get("/v1/jobs", response_model=list[JobView], tags=["jobs"])
     def list_jobs(
-        request: Request, who: Caller, status: JobStatus | None = None, limit: int = 50
+        request: Request,
+        who: Caller,
+        status: JobStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     ) -> list[JobView]:
         """The caller's jobs, newest first (all jobs when auth is off)."""
-        if not 1 <= limit <= 1000:
-            raise ProblemError.of("invalid-input", "limit must be in 1..1000")
         jobs = ctx.store.list_jobs(status=status, owner=who.owner, limit=limit)
         return [job_view(ctx, request, j) for j in jobs]
 
@@ -234,7 +251,11 @@ def jobs_router(ctx: ApiContext, service: JobsService) -> APIRouter:
         return service.resolved_result(job, lambda p: base + p)
 
     @router.api_route(
-        "/v1/jobs/{job_id}/artefacts/{path:path}", methods=["GET", "HEAD"], tags=["jobs"]
+        "/v1/jobs/{job_id}/artefacts/{path:path}",
+        methods=["GET", "HEAD"],
+        tags=["jobs"],
+        response_class=Response,
+        responses=ARTEFACT_RESPONSES,
     )
     def get_artefact(request: Request, job_id: str, path: str, _: Caller) -> Response:
         """A gallery, crop, keyframe or the analysed medium (``source.<format>``), with

@@ -71,7 +71,13 @@ def operations_router(ctx: ApiContext, registry: CollectorRegistry) -> APIRouter
             )
         return JSONResponse({"status": "ready", "models": len(info.get("models", []))})
 
-    @router.get("/metrics", tags=["operations"], response_class=Response)
+    @router.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"description": "Prometheus text format",
+                         "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )  # fmt: skip
     async def metrics(_caller: Caller) -> Response:
         """Prometheus metrics of this ingress replica, the job store and the runner; with
         ``auth.mode: keys`` a scraper needs a key like any client."""

@@ -833,3 +833,33 @@ def test_api_docs_need_no_cdn(tmp_path: Path, model_dir: Path, local_models: Loc
             "/docs/assets/favicon.png": "image/png",
         }
         assert_problem(http.get("/docs/assets/nope.js"), "not-found", 404)
+
+
+def test_the_openapi_document_says_what_the_service_answers(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels
+) -> None:
+    """Every operation documents its problems as ``application/problem+json`` (no FastAPI
+    default error body), the artefact route its media types (not JSON), ``limit`` its bounds;
+    and what the service answers matches: an out-of-bounds ``limit`` is a typed 422."""
+    with local_service(config(tmp_path, model_dir), local_models) as svc, svc.client() as http:
+        spec = http.get("/openapi.json").json()
+        problem_ref = {"$ref": "#/components/schemas/Problem"}
+        for path, operations in spec["paths"].items():
+            for method, operation in operations.items():
+                for status in ("400", "401", "404", "413", "422", "429", "500", "503"):
+                    content = operation["responses"][status]["content"]
+                    assert content == {"application/problem+json": {"schema": problem_ref}}, (
+                        method, path, status,
+                    )  # fmt: skip
+        assert "HTTPValidationError" not in json.dumps(spec)
+        artefact = spec["paths"]["/v1/jobs/{job_id}/artefacts/{path}"]["get"]["responses"]
+        assert {"image/jpeg", "video/mp4"} <= set(artefact["200"]["content"])
+        assert "application/json" not in artefact["200"]["content"]
+        assert {"206", "307"} <= set(artefact)
+        (limit,) = [p for p in spec["paths"]["/v1/jobs"]["get"]["parameters"]
+                    if p["name"] == "limit"]  # fmt: skip
+        assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, 1000)
+        assert_problem(http.get("/v1/jobs", params={"limit": 0}), "invalid-input", 422)
+        assert http.get("/v1/jobs", params={"limit": 1000}).status_code == 200
+        metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+        assert list(metrics) == [http.get("/metrics").headers["content-type"]]
