@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from pipeline.download.guard import check_host
+from pipeline.download.proxy import GuardProxy
 from pipeline.download.settings import Downloaded, DownloadSettings, mib, total_timeout_error
 from pipeline.download.sniff import SNIFF_BYTES, looks_like_html
 from pipeline.download.urls import DEFAULT_PORTS, short_url
@@ -59,8 +60,12 @@ def ytdlp_options(
     settings: DownloadSettings,
     out_dir: Path,
     progress_hook: Callable[[dict[str, Any]], None] | None = None,
+    guard_proxy: str | None = None,
 ) -> dict[str, Any]:
-    """Options for ``yt_dlp.YoutubeDL``: format, limits, proxy, no playlists, no side effects."""
+    """Options for ``yt_dlp.YoutubeDL``: format, limits, proxy, no playlists, no side effects.
+
+    ``guard_proxy``: the :class:`~pipeline.download.proxy.GuardProxy` every connection goes
+    through when no proxy of the user's is configured."""
     options: dict[str, Any] = {
         "format": settings.ytdlp_format,
         "outtmpl": {"default": str(out_dir / "media.%(ext)s")},
@@ -87,6 +92,8 @@ def ytdlp_options(
     }
     if settings.proxy is not None:
         options["proxy"] = settings.proxy
+    elif guard_proxy is not None:
+        options["proxy"] = guard_proxy
     return options
 
 
@@ -127,7 +134,13 @@ def fetch_with_ytdlp(
             raise limit_error[0]
 
     try:
-        with yt_dlp.YoutubeDL(ytdlp_options(settings, work_dir, enforce_limits)) as ydl:
+        # Without a proxy of the user's, every connection yt-dlp opens (redirect hops and
+        # fragments included) goes through the address guard; behind the user's proxy, the
+        # page and the extracted media URLs are checked here (a proxy connects by itself).
+        with (
+            GuardProxy(settings) as guard,
+            yt_dlp.YoutubeDL(ytdlp_options(settings, work_dir, enforce_limits, guard.url)) as ydl,
+        ):
             try:
                 info = ydl.extract_info(url, download=False)
                 _check_extracted(info, url, settings)
@@ -135,6 +148,8 @@ def fetch_with_ytdlp(
             except yt_dlp.utils.DownloadError as exc:
                 if limit_error:
                     raise limit_error[0] from exc
+                if guard.refused:
+                    raise guard.refused[0] from exc
                 raise _map_ytdlp_error(exc, url) from exc
         files = [p for p in work_dir.iterdir() if p.is_file() and not p.name.endswith(".part")]
         if not files:

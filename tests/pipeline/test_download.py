@@ -304,6 +304,57 @@ def test_ytdlp_media_url_is_checked_by_the_guard(
     assert _files(tmp_path) == []
 
 
+def test_a_redirect_inside_ytdlp_is_checked_by_the_guard(
+    server: LoopbackServer, video: Path, tmp_path: Path
+) -> None:
+    """The page and its media URL pass the guard (an exempt host name), but the media answers
+    with a redirect to a private address: yt-dlp follows redirects by itself, and it goes
+    through the guard proxy, which refuses the hop before any byte is fetched from there."""
+    private = server.route("/media/clip.mp4", file_response(video, "video/mp4"))
+    server.route("/media/hop.mp4", redirect_response(private))
+    page = b'<html><body><video src="/media/hop.mp4"></video></body></html>'
+    url = _localhost(server.route("/post", bytes_response(page, "text/html")))
+    settings = DownloadSettings(allowed_private_hosts=frozenset({"localhost"}), retries=0)
+    with pytest.raises(ForbiddenAddressError, match=r"127\.0\.0\.1"):
+        fetch(url, tmp_path, settings)
+    assert server.hits("/media/hop.mp4") >= 1 and server.hits("/media/clip.mp4") == 0
+    assert _files(tmp_path) == []
+
+
+def test_the_guard_proxy_tunnels_only_to_allowed_addresses(server: LoopbackServer) -> None:
+    """``CONNECT`` (how HTTPS goes through a proxy) to a refused address is answered 403 and
+    kept as the refusal; to an allowed one it tunnels the bytes both ways."""
+    import socket
+
+    from pipeline.download.proxy import GuardProxy
+
+    target = server.route("/hello", bytes_response(b"tunnelled", "text/plain"))
+    port = int(target.split(":")[2].split("/")[0])
+
+    def connect(settings: DownloadSettings) -> bytes:
+        with (
+            GuardProxy(settings) as proxy,
+            socket.create_connection(
+                ("127.0.0.1", int(proxy.url.rsplit(":", 1)[1])), timeout=5
+            ) as s,
+        ):
+            s.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            answer = s.recv(4096)
+            if answer.startswith(b"HTTP/1.1 200"):
+                s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                while chunk := s.recv(4096):
+                    answer += chunk
+            refused.extend(proxy.refused)
+            return answer
+
+    refused: list[ForbiddenAddressError] = []
+    denied = connect(DownloadSettings())
+    assert denied.startswith(b"HTTP/1.1 403") and len(refused) == 1
+    assert "loopback" in str(refused[0])
+    allowed = connect(LOCAL)
+    assert allowed.startswith(b"HTTP/1.1 200 Connection established") and b"tunnelled" in allowed
+
+
 def test_ytdlp_size_limit_on_a_stream_without_length(
     server: LoopbackServer, video: Path, tmp_path: Path
 ) -> None:
@@ -339,6 +390,12 @@ def test_ytdlp_options() -> None:
     assert options["format"] == settings.ytdlp_format
     assert "+" not in options["format"]  # single files: no ffmpeg merge
     assert options["proxy"] == "socks5://127.0.0.1:9050"
+    # The user's proxy wins over the guard proxy; without one, the guard proxy is used.
+    guarded = "http://127.0.0.1:1"
+    assert ytdlp_options(settings, Path("/tmp/out"), guard_proxy=guarded)["proxy"] == settings.proxy
+    assert (
+        ytdlp_options(DownloadSettings(), Path("/tmp/o"), guard_proxy=guarded)["proxy"] == guarded
+    )
     assert options["max_filesize"] == 10_000_000
     assert options["noplaylist"] is True
     assert options["socket_timeout"] == settings.read_timeout_s
