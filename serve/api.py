@@ -38,7 +38,7 @@ from serve.routes.about import about_router
 from serve.routes.jobs import JobCreated, JobView, jobs_router
 from serve.routes.operations import install_request_metrics, operations_router
 from serve.ui import mount_docs, mount_ui
-from serve.uploads import BodyLimit
+from serve.uploads import Admission, BodyLimit
 
 __all__ = [
     "ApiContext",
@@ -81,4 +81,5 @@ def create_api(ctx: ApiContext) -> FastAPI:
     mount_ui(app)
     mount_docs(app)
     app.add_middleware(BodyLimit, upload_limit=ctx.config.max_upload_bytes)
+    app.add_middleware(Admission, limit=ctx.config.max_concurrent_requests)  # outermost
     return app

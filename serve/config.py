@@ -400,6 +400,10 @@ class ServiceConfig(_Model):
     mever: MeverSettings = MeverSettings()
     #: Largest upload accepted, bytes.
     max_upload_bytes: int = Field(1024**3, gt=0)
+    #: Requests one ingress replica handles at once; beyond, ``503 overloaded`` (a problem, with
+    #: ``Retry-After``) at once. Keep it below the Ingress deployment's ``max_ongoing_requests``
+    #: so that the service refuses before Serve's proxy answers its own plain-text 503.
+    max_concurrent_requests: int = Field(180, ge=1)
     #: Base of absolute URLs in answers when behind a reverse proxy (e.g.
     #: ``https://dfd.example.org``); ``None``: from each request's ``Host``.
     public_base_url: str | None = Field(None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")

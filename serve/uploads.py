@@ -18,6 +18,7 @@ from serve.problems import ProblemError, problem_from_exception, problem_respons
 
 __all__ = [
     "JSON_BODY_LIMIT",
+    "Admission",
     "BodyLimit",
     "Upload",
     "clean_filename",
@@ -204,3 +205,36 @@ class BodyLimit:
             if received <= limit or started:
                 raise
             await too_large(scope, receive, send)
+
+
+class Admission:
+    """ASGI middleware: at most ``limit`` requests at once in this process; the next ones are
+    answered ``503 overloaded`` with ``Retry-After`` at once (liveness, ``/healthz``, always
+    passes), so that a crowd meets the service's own problem, not a proxy's queue."""
+
+    EXEMPT = frozenset({"/healthz"})
+
+    def __init__(self, app: Any, limit: int, retry_after_s: int = 5) -> None:
+        self.app = app
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.in_flight = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            refused = ProblemError.of(
+                "overloaded",
+                f"the service is handling {self.limit} requests; retry in {self.retry_after_s} s",
+            )
+            problem = problem_from_exception(refused, instance=scope.get("path"))
+            response = problem_response(problem, {"Retry-After": str(self.retry_after_s)})
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1  # one event loop: no lock needed between awaits
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

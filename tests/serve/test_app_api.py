@@ -863,3 +863,35 @@ def test_the_openapi_document_says_what_the_service_answers(
         assert http.get("/v1/jobs", params={"limit": 1000}).status_code == 200
         metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
         assert list(metrics) == [http.get("/metrics").headers["content-type"]]
+
+
+def test_beyond_its_concurrency_the_ingress_answers_overloaded_at_once(
+    tmp_path: Path, model_dir: Path, local_models: LocalModels
+) -> None:
+    """Two requests whose bodies are still arriving hold the two slots: the next request is
+    answered ``503 overloaded`` (a problem with ``Retry-After``) at once, liveness still
+    answers, and the slots free up when those requests end."""
+    import socket
+    from urllib.parse import urlparse
+
+    cfg = config(tmp_path, model_dir, max_concurrent_requests=2)
+    with local_service(cfg, local_models) as svc, svc.client() as http:
+        address = urlparse(svc.base_url)
+        held = []
+        for _ in range(2):
+            s = socket.create_connection((address.hostname, address.port), timeout=10)
+            s.sendall(
+                b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 500\r\n\r\n{"url": "https://exa'
+            )
+            held.append(s)
+        try:
+            wait_for(lambda: http.get("/v1/version").status_code == 503, timeout=10)
+            refused = http.get("/v1/version")
+            assert_problem(refused, "overloaded", 503)
+            assert refused.headers["retry-after"] == "5"
+            assert http.get("/healthz").status_code == 200
+        finally:
+            for s in held:
+                s.close()
+        wait_for(lambda: http.get("/v1/version").status_code == 200, timeout=10)
