@@ -35,7 +35,7 @@ from serve.metrics import ServiceMetrics
 from serve.mever import mever_router
 from serve.problems import document_problems, install_problem_handlers
 from serve.routes.about import about_router
-from serve.routes.jobs import JobCreated, JobView, jobs_router
+from serve.routes.jobs import JobCreated, JobView, document_upload_limit, jobs_router
 from serve.routes.operations import install_request_metrics, operations_router
 from serve.ui import mount_docs, mount_ui
 from serve.uploads import Admission, BodyLimit
@@ -74,6 +74,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     app.include_router(operations_router(ctx, registry))
     app.include_router(about_router(ctx))
     app.include_router(jobs_router(ctx, service))
+    document_upload_limit(app, ctx.config.max_upload_bytes)
     if ctx.config.mever.enabled:
         app.include_router(
             mever_router(ctx, service), prefix=ctx.config.mever.base_path.rstrip("/")

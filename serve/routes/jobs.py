@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from serve.context import ApiContext, Client
@@ -24,6 +25,7 @@ __all__ = [
     "JobView",
     "UploadCreated",
     "UploadRequest",
+    "document_upload_limit",
     "job_url",
     "job_view",
     "jobs_router",
@@ -38,12 +40,16 @@ class JobRequest(BaseModel):
     """``POST /v1/jobs`` as JSON: a URL, or the id of a direct upload (``POST /v1/uploads``)
     whose file has been put in the bucket."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Exactly one of the two (the schema's oneOf); neither is ever null.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["url"]}, {"required": ["upload"]}]},
+    )
 
-    url: str | None = Field(
+    url: str | SkipJsonSchema[None] = Field(
         None, min_length=1, max_length=8192, description="http(s) link to an image or video"
     )
-    upload: str | None = Field(
+    upload: str | SkipJsonSchema[None] = Field(
         None, min_length=1, max_length=64, description="id of a direct upload (POST /v1/uploads)"
     )
     force: bool = Field(False, description="analyse again even if a cached result exists")
@@ -61,8 +67,8 @@ class UploadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     filename: str = Field("upload", min_length=1, max_length=1000)
-    size: int | None = Field(
-        None, ge=1, description="bytes, if known: refused at once beyond the upload limit"
+    size: Annotated[int, Field(ge=1)] | SkipJsonSchema[None] = Field(
+        None, description="bytes, if known: refused at once beyond the upload limit"
     )
 
 
@@ -128,6 +134,20 @@ ARTEFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
     206: {"description": "the requested byte range (Range)"},
     307: {"description": "S3 with a public endpoint: fetch it from the presigned Location"},
 }
+
+
+def document_upload_limit(app: FastAPI, limit: int) -> None:
+    """State this deployment's upload limit as ``UploadRequest.size``'s maximum in ``app``'s
+    OpenAPI document (the limit is configuration, not code)."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = base()
+        size = schema["components"]["schemas"]["UploadRequest"]["properties"]["size"]
+        size["maximum"] = limit
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def job_url(ctx: ApiContext, request: Request, job_id: str) -> str:
@@ -250,17 +270,21 @@ def jobs_router(ctx: ApiContext, service: JobsService) -> APIRouter:
         base = f"{job_url(ctx, request, job.id)}/artefacts/"
         return service.resolved_result(job, lambda p: base + p)
 
-    @router.api_route(
-        "/v1/jobs/{job_id}/artefacts/{path:path}",
-        methods=["GET", "HEAD"],
-        tags=["jobs"],
-        response_class=Response,
-        responses=ARTEFACT_RESPONSES,
-    )
     def get_artefact(request: Request, job_id: str, path: str, _: Caller) -> Response:
         """A gallery, crop, keyframe or the analysed medium (``source.<format>``), with
         ``Range`` support."""
         return service.artefact_response(request, service.get(job_id), path)
+
+    for method in ("GET", "HEAD"):  # one operation id each (OpenAPI wants them unique)
+        router.add_api_route(
+            "/v1/jobs/{job_id}/artefacts/{path:path}",
+            get_artefact,
+            methods=[method],
+            operation_id=f"{method.lower()}_artefact",
+            tags=["jobs"],
+            response_class=Response,
+            responses=ARTEFACT_RESPONSES,
+        )
 
     @router.post("/v1/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"])
     def cancel_job(request: Request, job_id: str, who: Caller) -> JobView:
