@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from pipeline.media import IMAGE_FORMATS, VIDEO_FORMATS, sniff_format
-from serve.problems import ProblemError, problem_from_exception, problem_response
+from serve.problems import ProblemError, make_problem, problem_from_exception, problem_response
 
 __all__ = [
     "JSON_BODY_LIMIT",
@@ -225,11 +225,11 @@ class Admission:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
-            refused = ProblemError.of(
+            problem = make_problem(
                 "overloaded",
                 f"the service is handling {self.limit} requests; retry in {self.retry_after_s} s",
+                instance=scope.get("path"),
             )
-            problem = problem_from_exception(refused, instance=scope.get("path"))
             response = problem_response(problem, {"Retry-After": str(self.retry_after_s)})
             await response(scope, receive, send)
             return

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from serve.auth import RateDecision
 from serve.context import ApiContext, Client
 from serve.problems import ProblemError
 
@@ -32,12 +33,7 @@ def authenticate(ctx: ApiContext, request: Request) -> Client:
         failures = f"authfail:{address}"
         gate = ctx.limiter.hit(failures, auth.failed_auth_per_min, cost=0)
         if not gate.allowed:
-            raise ProblemError.of(
-                "rate-limited",
-                f"too many failed authentications from this address; retry in "
-                f"{gate.headers()['Retry-After']} s",
-                headers=gate.headers(),
-            )
+            raise _refused(gate, "too many failed authentications from this address")
         presented = _presented_key(request)
         record = ctx.keys.verify(presented) if presented else None
         if record is None:
@@ -53,13 +49,16 @@ def authenticate(ctx: ApiContext, request: Request) -> Client:
         decision = ctx.limiter.hit(f"ip:{address}", auth.anonymous_rate_per_min, burst=auth.burst)
         owner = None
     if not decision.allowed:
-        raise ProblemError.of(
-            "rate-limited",
-            f"over {decision.limit} requests per minute; retry in "
-            f"{decision.headers()['Retry-After']} s",
-            headers=decision.headers(),
-        )
+        raise _refused(decision, f"over {decision.limit} requests per minute")
     return Client(owner, address)
+
+
+def _refused(decision: RateDecision, why: str) -> ProblemError:
+    """The 429 of a refused limiter ``decision``, with its ``Retry-After``."""
+    headers = decision.headers()
+    return ProblemError.of(
+        "rate-limited", f"{why}; retry in {headers['Retry-After']} s", headers=headers
+    )
 
 
 def current_client(request: Request) -> Client:
