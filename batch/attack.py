@@ -60,7 +60,7 @@ from batch.execution import check_lost, worker_lost_fields
 from batch.stream import stream_tasks
 from evaluation.attack_runs import AttackFolder, AttackSettings, check_or_write_config
 from pipeline.errors import ConfigError
-from pipeline.models.ensemble import expected_infos, pin_ensemble
+from pipeline.models.member import expected_infos, pin_ensemble
 from pipeline.version import __version__
 
 #: What ``dfd attack`` and the benchmarks import from here.

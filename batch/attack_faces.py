@@ -32,7 +32,7 @@ from batch.attack_model import (
 from evaluation.attack_runs import AttackSettings, NormName
 from evaluation.image_metrics import perturbation_norms, psnr, ssim
 from pipeline.models import Ensemble
-from pipeline.models.ensemble import combine
+from pipeline.models.member import combine
 from pipeline.models.preprocess import crops_to_unit_batch
 
 

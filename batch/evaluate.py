@@ -50,7 +50,7 @@ from batch.stages import ScoreStage
 from batch.stream import stream_tasks
 from evaluation.runs import RUN_FILE, RunFolder, face_schema, prediction_schema
 from pipeline.errors import ConfigError, DfdError
-from pipeline.models.ensemble import expected_infos, models_digest, pin_ensemble
+from pipeline.models.member import expected_infos, models_digest, pin_ensemble
 from pipeline.version import __version__
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from evaluation.runs import SEQUENCE_CHUNK, member_column
 from pipeline.aggregate import max_or_none, track_score
 from pipeline.errors import DfdError
 from pipeline.memory import release_free_memory
-from pipeline.models.ensemble import models_digest
+from pipeline.models.member import models_digest
 from pipeline.steps import batched
 from pipeline.version import __version__
 

@@ -39,7 +39,7 @@ from evaluation.runs import SEQUENCE_CHUNK
 from pipeline.errors import DfdError
 from pipeline.memory import release_free_memory
 from pipeline.models import EnsemblePrediction
-from pipeline.models.ensemble import models_digest
+from pipeline.models.member import models_digest
 from pipeline.sampling import SampledFace
 from pipeline.segment import Shot
 from pipeline.shot_scoring import (

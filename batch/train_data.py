@@ -190,7 +190,7 @@ def prepare_batch(
     set keeps its real faces only, each followed by its self-blended fake; a validation set
     keeps everything and adds the self-blended fake of each real face.
     """
-    from pipeline.models.ensemble import member_crops
+    from pipeline.models.member import member_crops
     from pipeline.models.preprocess import crops_to_unit_batch, normalise
     from pipeline.training.augment import augment_face, paper_augmentations
     from pipeline.training.sbi import self_blend

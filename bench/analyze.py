@@ -1,5 +1,5 @@
-"""``dfd bench analyze``: per-stage time, frames sampled versus frames in the video, peak RSS; and
-how time and memory grow with the video's length.
+"""``dfd bench analyze``: per-stage time, frames sampled versus frames in the video, resident memory
+after loading the models and at its peak; and how time and memory grow with the video's length.
 
 Each configuration runs in its own spawned process after a warm-up analysis, so model loading and
 one-off costs are reported apart and peak RSS is that configuration's alone.
@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
-from bench.harness import out_console, peak_rss_mb, run_isolated, write_json
+from bench.harness import out_console, peak_rss_mb, process_memory_mb, run_isolated, write_json
 
 #: The videos timed when none are given, relative to the shared test media folder.
 DEFAULT_BENCH_VIDEOS = (
@@ -68,7 +68,8 @@ def _analyze_worker(cfg: dict[str, Any], queue: Any) -> None:
     )
     analyzer = load_analyzer(settings)
     load_s = time.perf_counter() - t0
-    rss_loaded = peak_rss_mb()
+    loaded = process_memory_mb()
+    load_peak = peak_rss_mb()
     if cfg["warmup"]:
         analyzer.analyze(cfg["warmup"], MemorySink())
     rows = []
@@ -88,7 +89,14 @@ def _analyze_worker(cfg: dict[str, Any], queue: Any) -> None:
             }
         )
     queue.put(
-        {"load_s": load_s, "rss_loaded_mb": rss_loaded, "peak_rss_mb": peak_rss_mb(), "rows": rows}
+        {
+            "load_s": load_s,
+            "rss_loaded_mb": loaded["rss"],
+            "private_loaded_mb": loaded["anon"],
+            "load_peak_rss_mb": load_peak,
+            "peak_rss_mb": peak_rss_mb(),
+            "rows": rows,
+        }
     )
 
 
@@ -149,7 +157,8 @@ def _print_videos(v: dict[str, Any], max_frames: int) -> None:
         f"total {total_s:.1f} s for {total_video:.1f} s of video "
         f"({total_s / max(total_video, 1e-9):.2f} s per video-second); "
         f"model load {v['load_s']:.1f} s; "
-        f"RSS after load {v['rss_loaded_mb']:.0f} MB, peak {v['peak_rss_mb']:.0f} MB"
+        f"RSS after load {v['rss_loaded_mb']:.0f} MB ({v['private_loaded_mb']:.0f} MB private; "
+        f"peak while loading {v['load_peak_rss_mb']:.0f} MB), peak {v['peak_rss_mb']:.0f} MB"
     )
 
 

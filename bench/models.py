@@ -1,5 +1,5 @@
 """``dfd bench models``: faces per second of the whole ensemble, per backend and batch size, and
-peak RSS.
+resident memory (after loading, and at its peak).
 
 Each backend loads in its own spawned process (so one's memory does not hide in another's) and
 the timed runs take turns across backends; warm-up passes are excluded and model loading is
@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
-from bench.harness import out_console, peak_rss_mb, write_json
+from bench.harness import out_console, peak_rss_mb, process_memory_mb, write_json
 
 
 class ModelsBenchSettings(BaseModel):
@@ -88,7 +88,13 @@ def _models_worker(cfg: dict[str, Any], conn: Any) -> None:
         ensemble=cfg["ensemble"],
     )
     ensemble = Ensemble.load(settings)
-    conn.send({"load_s": time.perf_counter() - t0, "rss_loaded_mb": peak_rss_mb()})
+    conn.send(
+        {
+            "load_s": time.perf_counter() - t0,
+            "rss_loaded_mb": process_memory_mb()["rss"],
+            "load_peak_rss_mb": peak_rss_mb(),
+        }
+    )
     faces = bench_faces(cfg["faces"])
     warm: set[int] = set()
     probability: list[float] = []

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
-from bench.harness import out_console, write_json
+from bench.harness import out_console, process_memory_mb, write_json
 from bench.http_load import overload_round, serve_round
 from serve.local import free_port, start_service, stop_service
 
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 #: The deployments whose ``@serve.batch`` the benchmark turns on and off.
 MODEL_DEPLOYMENTS = ("detector", "embedder", "features", "members")
+#: The deployments that hold models (their replicas' memory is summed); members are named
+#: ``Member_<name>``.
+MODEL_REPLICA_PREFIXES = ("FaceDetector", "FaceEmbedder", "RegionFeatures", "Member_")
 #: The rounds' settings, in order: (``@serve.batch`` on, the members' crops put once for all).
 MODES = ((True, True), (True, False), (False, True))
 
@@ -135,6 +138,8 @@ def _through_service(
         _service_config(analysis, True, settings.runner_concurrency), "127.0.0.1", free_port()
     )
     figures["startup_s"] = time.perf_counter() - t0
+    figures["replicas"] = replica_memory()
+    _print_replicas(figures["replicas"])
     try:
         for i, (batching, share) in enumerate(MODES):
             if i:  # batching is user_config (reconfigured in place); sharing redeploys the runner
@@ -159,6 +164,45 @@ def _through_service(
         figures["overload"] = overload_round(url, data, image.name, settings.overload_requests, 64)
     finally:
         stop_service()
+
+
+def replica_memory() -> list[dict[str, Any]]:
+    """Resident memory (MiB, by kind: see :func:`bench.harness.process_memory_mb`) of every Serve
+    replica process on this machine (Ray titles them ``ray::ServeReplica:<app>:<deployment>``),
+    with its deployment and whether it holds a model."""
+    rows = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            if not title.startswith("ray::ServeReplica:"):
+                continue
+            memory = process_memory_mb(proc.name)
+        except OSError:  # gone meanwhile
+            continue
+        deployment = title.rpartition(":")[2].strip()
+        model = deployment.startswith(MODEL_REPLICA_PREFIXES)
+        rows.append({"deployment": deployment, "pid": int(proc.name), "model": model, **memory})
+    return sorted(rows, key=lambda r: (not r["model"], r["deployment"]))
+
+
+def _print_replicas(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="Serve replicas after start-up, resident memory (MiB)")
+    for col in ("deployment", "holds a model", "RSS", "private", "file", "shared"):
+        table.add_column(col, justify="left" if col == "deployment" else "right")
+    for r in rows:
+        table.add_row(
+            r["deployment"], "yes" if r["model"] else "no", f"{r['rss']:.0f}", f"{r['anon']:.0f}",
+            f"{r['file']:.0f}", f"{r['shmem']:.0f}",
+        )  # fmt: skip
+    models = [r for r in rows if r["model"]]
+    table.add_row(
+        f"sum of the {len(models)} model replicas", "", f"{sum(r['rss'] for r in models):.0f}",
+        f"{sum(r['anon'] for r in models):.0f}", f"{sum(r['file'] for r in models):.0f}",
+        f"{sum(r['shmem'] for r in models):.0f}",
+    )  # fmt: skip
+    out_console.print(table)
 
 
 def bench_serve(settings: ServeBenchSettings) -> dict[str, Any]:

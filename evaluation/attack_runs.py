@@ -66,8 +66,9 @@ class AttackSettings(BaseModel):
     max_iter: int = Field(5, ge=1)
     #: ART's random restarts inside the eps ball (0: start from the clean crop, as ART's default).
     num_random_init: int = Field(0, ge=0)
-    #: Faces per ART batch. Backpropagating through the five full-size members costs about
-    #: 2.3 GB per face on CPU (`dfd bench attack`: 11.6 GB peak at 4 faces), hence 2.
+    #: Faces per ART batch. The members' activations for the backward pass are the attack's
+    #: memory (recomputed member by member: `dfd bench attack --presets paper` peaked at 4.9 GB
+    #: on CPU with batches of 2), hence small.
     batch_size: int = Field(2, ge=1)
     #: Attack resolution; default: the largest member input size.
     input_size: int | None = Field(None, ge=16, le=1024)

@@ -26,8 +26,8 @@ from evaluation.report_tables import table1, table2
 from evaluation.run_metrics import RunMetrics, compute_run_metrics
 from pipeline.errors import ConfigError, DfdError
 from pipeline.models import InferenceSettings, MemberInfo
-from pipeline.models.ensemble import expected_infos, models_digest, resolve_ensemble
 from pipeline.models.manifest import Manifest, resolve_model_dir
+from pipeline.models.member import expected_infos, models_digest, resolve_ensemble
 from pipeline.result import SCHEMA_VERSION, ScoreBands
 from pipeline.version import __version__
 

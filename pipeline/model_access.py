@@ -17,8 +17,8 @@ import numpy as np
 
 from pipeline.faces import Detection, FaceDetector, FaceSettings
 from pipeline.models import Ensemble, EnsemblePrediction, InferenceSettings, MemberInfo
-from pipeline.models.ensemble import context_margin, resolve_ensemble
 from pipeline.models.manifest import resolve_model_dir
+from pipeline.models.member import context_margin, resolve_ensemble
 from pipeline.models.spec import PAPER_CROP_MARGIN
 from pipeline.segment import RegionFeatureExtractor, SegmentSettings, build_extractor
 from pipeline.tracks import FaceEmbedder

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from ray.serve import Application, Deployment
 
-from pipeline.models.ensemble import pin_ensemble, resolve_ensemble
+from pipeline.models.member import pin_ensemble, resolve_ensemble
 from serve.config import ServiceConfig, load_config
 from serve.deployments import (
     FaceDetectorDeployment,

@@ -37,6 +37,7 @@ from serve.auth import (
 from serve.jobstore import JobStore, RecoveryPolicy
 from serve.jobstore.redis import RedisJobStore
 from serve.jobstore.sqlite import SQLiteJobStore
+from serve.replicas import BatchSettings
 from serve.storage import ArtefactStorage, LocalStorage, S3Storage
 
 __all__ = [
@@ -193,22 +194,6 @@ class ReplicaSettings(_Model):
         if "user_config" in entry:
             fields["batch"] = entry["user_config"]
         return cls.model_validate(fields)
-
-
-class BatchSettings(_Model):
-    """``@serve.batch`` knobs; they reach replicas as ``user_config`` (applied by
-    ``reconfigure``). ``enabled: false`` calls the model once per request.
-
-    Batches are counted in items (frames for the detector and the features, face crops for the
-    embedder and the members), summed over the requests merged: a request larger than
-    ``max_batch_size`` is split into pieces that join other requests' batches. On a GPU each
-    batch is one forward pass, so size it to fill the GPU (hundreds of crops); on CPU the
-    members still run ``inference.batch_size`` crops at a time.
-    """
-
-    enabled: bool = True
-    max_batch_size: int = Field(8, ge=1)
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
 
 
 class ModelDeploymentSettings(ReplicaSettings):

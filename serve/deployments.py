@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import ray
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -31,12 +30,18 @@ from pipeline.analyze import Analyzer
 from pipeline.errors import ModelError
 from pipeline.faces import Detection, FaceDetector, FaceSettings
 from pipeline.model_access import FACENET_FILE, RESNET50_FILE, LocalModels
-from pipeline.models import InferenceSettings, Member, MemberInfo, resolve_model_dir
-from pipeline.models.ensemble import member_crops
+from pipeline.models import InferenceSettings, resolve_model_dir
 from pipeline.segment import SegmentSettings, build_extractor
 from pipeline.tracks import FaceEmbedder
-from serve.config import BatchSettings, ServiceConfig
-from serve.remote_models import RemoteModels, SharedCrops
+from serve.config import ServiceConfig
+from serve.remote_models import RemoteModels
+from serve.replicas import (
+    BatchedModel,
+    MemberDeployment,
+    MemberServer,
+    replica_device,
+    replica_placement,
+)
 
 __all__ = [
     "DetectorServer",
@@ -144,126 +149,12 @@ class FeaturesServer:
         return split_answers(found, [len(r) for r in requests])
 
 
-class MemberServer:
-    """One ensemble member (paper 3.2): each request a list of face crops, each answer the
-    ``(N_i,)`` float64 sigmoid probabilities. Crops of all requests go through the network
-    together: in one forward pass on a GPU, ``settings.batch_size`` at a time on CPU (larger
-    batches only cost memory there)."""
-
-    def __init__(self, name: str, settings: InferenceSettings) -> None:
-        directory = resolve_model_dir(settings.model_dir)
-        spec = directory.load().member(name)
-        self.settings = settings
-        self.member = Member.load(spec, directory, settings)
-        self.device = settings.torch_device()
-        self._lock = threading.Lock()
-
-    @property
-    def info(self) -> MemberInfo:
-        return self.member.info
-
-    def describe(self) -> dict[str, Any]:
-        return {"info": self.member.info}
-
-    def predict_many(self, requests: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
-        flat = [crop for crops in requests for crop in crops]
-        probs = np.zeros(len(flat), dtype=np.float64)
-        step = max(len(flat), 1) if self.device.type == "cuda" else self.settings.batch_size
-        with self._lock:
-            for start in range(0, len(flat), step):
-                chunk = flat[start : start + step]
-                probs[start : start + len(chunk)] = self.member.predict(chunk, self.device)
-        sizes = [len(r) for r in requests]
-        starts = np.cumsum([0, *sizes])
-        return [probs[starts[i] : starts[i + 1]] for i in range(len(sizes))]
-
-
 # ---------------------------------------------------------------------------------------------
 # Serve wrappers
 
 
-def replica_device(preference: str) -> str:
-    """``cpu``/``cuda`` as asked; ``auto``: CUDA when Ray gave this replica a GPU and torch sees
-    one (a replica without ``num_gpus`` must not grab a GPU it was not given)."""
-    if preference != "auto":
-        return preference
-    import torch
-
-    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-
-
-def replica_placement() -> dict[str, Any]:
-    """Where this replica runs and what Ray reserved for it (GPU fractions included)."""
-    runtime = ray.get_runtime_context()
-    replica = serve.get_replica_context()
-    return {
-        "deployment": replica.deployment,
-        "replica": replica.replica_tag,
-        "node_id": runtime.get_node_id(),
-        "resources": dict(runtime.get_assigned_resources()),
-        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-    }
-
-
-def batch_items(requests: list[Any]) -> int:
-    """A batch's size in items (frames or crops), not requests: ``@serve.batch``'s
-    ``batch_size_fn``."""
-    return sum(len(r) for r in requests)
-
-
-def request_pieces(request: Any, step: int) -> list[Any]:
-    """A request (a list of frames or crops) in pieces of at most ``step`` items."""
-    return [request[i : i + step] for i in range(0, len(request), step)]
-
-
-def joined_answers(parts: list[Any]) -> Any:
-    """The answers to the pieces of one request, as the answer to the whole."""
-    if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts)
-    return [item for part in parts for item in part]
-
-
-class _BatchedModel:
-    """The Serve side of a model server: ``@serve.batch`` by items and its live knobs.
-
-    Subclasses set ``self._run_many`` (the server's ``*_many`` method) in ``__init__``.
-    """
-
-    _run_many: Any
-    _knobs: BatchSettings = BatchSettings()  # until Serve calls reconfigure
-
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        knobs = BatchSettings.model_validate(user_config or {})
-        self._knobs = knobs
-        batched: Any = self._batched  # @serve.batch adds the setters
-        batched.set_max_batch_size(knobs.max_batch_size)
-        batched.set_batch_wait_timeout_s(knobs.batch_wait_timeout_s)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, batch_size_fn=batch_items)
-    async def _batched(self, requests: list[Any]) -> list[Any]:
-        return await asyncio.to_thread(self._run_many, requests)
-
-    async def _call(self, request: Any) -> Any:
-        if not self._knobs.enabled:
-            return (await asyncio.to_thread(self._run_many, [request]))[0]
-        step = self._knobs.max_batch_size
-        if len(request) <= step:
-            return await self._batched(request)
-        # Larger than a batch: in pieces, each joining (or forming) a batch of its own.
-        pieces = request_pieces(request, step)
-        return joined_answers(list(await asyncio.gather(*(self._batched(p) for p in pieces))))
-
-    async def placement(self) -> dict[str, Any]:
-        return replica_placement()
-
-    async def batching(self) -> dict[str, Any]:
-        """The batch knobs this replica applies now (``user_config``, changed live) and the
-        replica's id."""
-        return {"replica": serve.get_replica_context().replica_tag, **self._knobs.model_dump()}
-
-
 @serve.deployment(name="FaceDetector")
-class FaceDetectorDeployment(_BatchedModel):
+class FaceDetectorDeployment(BatchedModel):
     def __init__(self, settings: FaceSettings, device: str) -> None:
         self.server = DetectorServer(settings.model_copy(update={"device": replica_device(device)}))
         self._run_many = self.server.detect_many
@@ -276,7 +167,7 @@ class FaceDetectorDeployment(_BatchedModel):
 
 
 @serve.deployment(name="FaceEmbedder")
-class FaceEmbedderDeployment(_BatchedModel):
+class FaceEmbedderDeployment(BatchedModel):
     """Deployed even without weights (it then reports ``available: false``): the eight model
     deployments always exist, and installing the weights needs only a redeploy."""
 
@@ -292,7 +183,7 @@ class FaceEmbedderDeployment(_BatchedModel):
 
 
 @serve.deployment(name="RegionFeatures")
-class RegionFeaturesDeployment(_BatchedModel):
+class RegionFeaturesDeployment(BatchedModel):
     def __init__(self, settings: SegmentSettings, weights_path: Path | None, device: str) -> None:
         self.server = FeaturesServer(settings, weights_path, replica_device(device))
         self._run_many = self.server.features_many
@@ -302,30 +193,6 @@ class RegionFeaturesDeployment(_BatchedModel):
 
     async def features(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         return await self._call(frames)
-
-
-@serve.deployment(name="Member")
-class MemberDeployment(_BatchedModel):
-    """One ensemble member; deployed once per member under ``Member_<name>``."""
-
-    def __init__(self, name: str, settings: InferenceSettings, device: str) -> None:
-        if device != "auto" or settings.device == "auto":
-            settings = settings.model_copy(update={"device": replica_device(device)})
-        self.server = MemberServer(name, settings)
-        self._run_many = self.server.predict_many
-
-    async def describe(self) -> dict[str, Any]:
-        return self.server.describe()
-
-    async def predict(self, crops: list[np.ndarray]) -> np.ndarray:
-        return await self._call(crops)
-
-    async def predict_shared(self, shared: SharedCrops) -> np.ndarray:
-        """:meth:`predict` on crops the caller put in the object store once for every member:
-        read them (from this node's store) and cut this member's centred square."""
-        crops = await shared.crops
-        mine = member_crops(crops, self.server.info.crop_margin, shared.context_margin)
-        return await self._call(list(mine))
 
 
 @serve.deployment(name="JobRunner")

@@ -40,7 +40,7 @@ from pipeline.analyze import AnalysisSettings, Analyzer
 from pipeline.download import DownloadSettings, fetch
 from pipeline.errors import DfdError
 from pipeline.models import MemberInfo
-from pipeline.models.ensemble import models_digest
+from pipeline.models.member import models_digest
 from pipeline.result import Result
 from pipeline.version import __version__
 from serve.config import JobSettings

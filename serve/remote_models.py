@@ -42,7 +42,8 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from pipeline.errors import ModelError
 from pipeline.faces import Detection
 from pipeline.models import EnsemblePrediction, MemberInfo
-from pipeline.models.ensemble import combine, context_margin, member_crops, untrained_warning
+from pipeline.models.member import combine, context_margin, member_crops, untrained_warning
+from serve.replicas import SharedCrops
 
 __all__ = ["ModelsDescription", "RemoteModels", "SharedCrops", "untrained_warning"]
 
@@ -52,23 +53,6 @@ log = logging.getLogger(__name__)
 _OVERLOADED = (BackPressureError, DeploymentUnavailableError)
 #: The replica that had the request is gone (node or process died): send it again.
 _REPLICA_LOST = (RayActorError, ReplicaUnavailableError, WorkerCrashedError, ObjectLostError)
-
-
-@dataclass(frozen=True)
-class SharedCrops:
-    """The face crops of one ensemble call, put in the object store once for all the members.
-
-    The reference travels inside this object, so Serve passes it on as a reference (it resolves
-    only top-level references); each member replica reads the crops from its node's object store
-    (zero-copy on the node that holds them) and cuts its own centred square
-    (:func:`~pipeline.models.ensemble.member_crops`). Without it every member call would
-    serialise and store its own copy of the crops: five copies per call.
-    """
-
-    #: ``ray.ObjectRef`` of the list of crops.
-    crops: Any
-    #: The margin the crops were cut at (the widest member's).
-    context_margin: float
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Mapping
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from pipeline.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported where a state dict is read or written, not to hash a file
+    import torch
+    from torch import nn
 
 _MAX_KEYS_IN_MESSAGE = 8
 
@@ -28,6 +30,8 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a ``.pt``/``.pth`` (torch, weights only) or ``.safetensors`` state dict onto the CPU."""
+    import torch
+
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -50,6 +54,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def write_state_dict(module: nn.Module, path: Path) -> str:
     """Save ``module``'s state dict (format from the suffix) and return the file's sha256."""
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     if path.suffix == ".safetensors":
@@ -74,6 +80,16 @@ def load_checkpoint(module: nn.Module, path: Path, expected_sha256: str | None) 
     Returns the file's sha256. Raises :class:`CheckpointError` naming the file and, for a mismatch,
     the missing, unexpected or wrongly shaped keys.
     """
+    actual = verify_checkpoint(path, expected_sha256)
+    state = read_state_dict(path)
+    check_state_dict(module, state, f"checkpoint {path}")
+    module.load_state_dict(state, strict=True)
+    return actual
+
+
+def verify_checkpoint(path: Path, expected_sha256: str | None) -> str:
+    """The sha256 of ``path``; :class:`CheckpointError` when the file is missing or its sha256
+    is not ``expected_sha256`` (when given)."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     actual = file_sha256(path)
@@ -82,9 +98,6 @@ def load_checkpoint(module: nn.Module, path: Path, expected_sha256: str | None) 
             f"checkpoint {path} has sha256 {actual}, the manifest expects {expected_sha256}; "
             "the file is corrupt or not the one the manifest names"
         )
-    state = read_state_dict(path)
-    check_state_dict(module, state, f"checkpoint {path}")
-    module.load_state_dict(state, strict=True)
     return actual
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import platformdirs
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
@@ -245,6 +244,7 @@ class ModelDirectory:
         does not fit is refused before anything is written; the file is written atomically and
         the manifest last, so a failure leaves the directory as it was.
         """
+        import torch
         from safetensors.torch import save_file
 
         from pipeline.models.checkpoint import check_state_dict

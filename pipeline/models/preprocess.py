@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.errors import BadInputError
+from pipeline.models.resize import centre_window, fitted_size
 from pipeline.models.spec import ResizeRule
 
 
@@ -28,40 +28,16 @@ def crops_to_unit_batch(
     """
     out = torch.zeros((len(crops), 3, size, size), dtype=torch.float32, device=device)
     for i, crop in enumerate(crops):
-        if (
-            crop.dtype != np.uint8
-            or crop.ndim != 3
-            or crop.shape[2] != 3
-            or min(crop.shape[:2]) < 1
-        ):
-            raise BadInputError(
-                f"face crop {i} must be an (H, W, 3) uint8 array, got {crop.dtype} {crop.shape}"
-            )
+        th, tw, top, left = fitted_size(i, crop, size, resize)
         # Crops may be read-only views (e.g. of a decoded frame): copy those rather than alias.
         t = torch.from_numpy(np.require(crop, requirements=["C", "W"])).to(device)
         t = t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        h, w = t.shape[-2:]
-        th, tw = size, size
-        if resize == "letterbox" and h != w:
-            scale = size / max(h, w)
-            th, tw = max(1, round(h * scale)), max(1, round(w * scale))
-        if (h, w) != (th, tw):
+        if crop.shape[:2] != (th, tw):
             t = F.interpolate(
                 t, size=(th, tw), mode="bilinear", antialias=True, align_corners=False
             )
-        top, left = (size - th) // 2, (size - tw) // 2
         out[i, :, top : top + th, left : left + tw] = t[0].clamp_(0.0, 1.0)
     return out
-
-
-def centre_window(h: int, w: int, fraction: float) -> tuple[slice, slice]:
-    """Rows and columns of the centred ``fraction`` of an ``h x w`` image (at least one pixel).
-
-    The one rounding rule for a member's own square inside the pipeline's wider crop, used on
-    uint8 crops (:func:`pipeline.models.ensemble.member_crops`) and on tensors alike."""
-    side_h, side_w = max(1, round(h * fraction)), max(1, round(w * fraction))
-    top, left = (h - side_h) // 2, (w - side_w) // 2
-    return slice(top, top + side_h), slice(left, left + side_w)
 
 
 def centre_crop_tensor(x: Tensor, fraction: float) -> Tensor:

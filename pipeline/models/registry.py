@@ -15,8 +15,6 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:
     from torch import nn
 
@@ -64,6 +62,8 @@ def build_network(spec: MemberSpec) -> DetectorNet:
     ``(N, 3, S, S)`` normalised float -> ``(N,)`` logit of "fake"; its ``state_dict`` is the raw
     network's (what checkpoints hold).
     """
+    import torch
+
     from pipeline.models.outputs import DetectorNet
 
     with torch.random.fork_rng(devices=[]):

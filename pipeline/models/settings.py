@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 Backend = Literal["auto", "torch", "onnx", "openvino"]
 ResolvedBackend = Literal["torch", "onnx", "openvino"]
 Precision = Literal["fp32", "fp16", "bf16"]
+
+if TYPE_CHECKING:
+    import torch
 
 
 class InferenceSettings(BaseModel):
@@ -42,19 +46,28 @@ class InferenceSettings(BaseModel):
     #: Run exactly these members (by name) instead of a named ensemble.
     members: list[str] | None = None
 
-    def torch_device(self) -> torch.device:
+    def device_type(self) -> str:
+        """``cpu`` or ``cuda``; imports torch only to resolve ``auto`` (a process that runs an
+        exported file on the CPU need not load torch at all)."""
         if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device.partition(":")[0]
+
+    def torch_device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.device_type() if self.device == "auto" else self.device)
 
     def resolved_backend(self) -> ResolvedBackend:
         if self.backend != "auto":
             return self.backend
-        return "torch" if self.torch_device().type == "cuda" else "onnx"
+        return "torch" if self.device_type() == "cuda" else "onnx"
 
     def member_workers_for(self, members: int) -> int:
         """How many of ``members`` members an ensemble scores at once."""
-        if self.resolved_backend() == "torch" or self.torch_device().type != "cpu":
+        if self.resolved_backend() == "torch" or self.device_type() != "cpu":
             return 1
         return max(1, min(members, self.member_workers or cpu_budget()))
 
@@ -67,5 +80,14 @@ class InferenceSettings(BaseModel):
 
 def cpu_budget() -> int:
     """Cores this process may use: torch's intra-op thread count, which follows
-    ``OMP_NUM_THREADS`` (Ray sets it to a task's or actor's CPUs) and else the machine's cores."""
-    return torch.get_num_threads()
+    ``OMP_NUM_THREADS`` (Ray sets it to a task's or actor's CPUs) and else the machine's cores.
+    Without torch loaded: ``OMP_NUM_THREADS``, else the cores this process may run on."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return int(torch.get_num_threads())
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        return int(threads)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

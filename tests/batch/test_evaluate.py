@@ -31,7 +31,7 @@ from pipeline.analyze import AnalysisSettings
 from pipeline.errors import ConfigError, RunFailedError
 from pipeline.faces import FaceSettings
 from pipeline.models import Ensemble, InferenceSettings
-from pipeline.models.ensemble import expected_infos, models_digest
+from pipeline.models.member import expected_infos, models_digest
 from tests.support.datasets import build_ffpp, build_wdf, face_frames
 from tests.support.models import make_model_dir
 

@@ -12,7 +12,7 @@ from evaluation.model_card import find_report, render_model_card
 from evaluation.report import write_report
 from pipeline.errors import ConfigError
 from pipeline.models import InferenceSettings
-from pipeline.models.ensemble import expected_infos, models_digest
+from pipeline.models.member import expected_infos, models_digest
 from tests.evaluation.test_report import SHIFTS, write_run
 from tests.support.models import make_model_dir
 

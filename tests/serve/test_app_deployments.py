@@ -14,16 +14,8 @@ from pipeline.media import load_image
 from pipeline.model_access import LocalModels
 from pipeline.models import Ensemble, InferenceSettings
 from pipeline.segment import SegmentSettings, build_extractor
-from serve.deployments import (
-    DetectorServer,
-    EmbedderServer,
-    FeaturesServer,
-    MemberServer,
-    batch_items,
-    joined_answers,
-    request_pieces,
-    split_answers,
-)
+from serve.deployments import DetectorServer, EmbedderServer, FeaturesServer, split_answers
+from serve.replicas import MemberServer, batch_items, joined_answers, request_pieces
 
 
 def test_split_answers() -> None:

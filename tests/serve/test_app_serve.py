@@ -263,6 +263,20 @@ def test_model_deployments_are_placed_with_fractional_gpus(serve_app: ServeApp) 
     assert "GPU" not in runner.placement.remote().result(timeout_s=30)["resources"]
 
 
+def test_the_benchmark_finds_every_model_replica_and_its_memory(serve_app: ServeApp) -> None:
+    """``dfd bench serve``'s memory table: each of the eight model replicas of the running
+    application, by deployment, with its resident memory split by kind."""
+    from bench.serve import replica_memory
+
+    rows = replica_memory()
+    assert {r["deployment"] for r in rows if r["model"]} == set(
+        model_deployment_names(serve_app.config)
+    )
+    assert {"JobRunner", "Ingress"} <= {r["deployment"] for r in rows if not r["model"]}
+    for r in rows:
+        assert r["rss"] >= r["anon"] > 0 and r["file"] > 0, r
+
+
 def test_members_cut_their_squares_from_one_shared_copy_of_the_crops(
     serve_app: ServeApp, shared_data: Path, local_models: LocalModels
 ) -> None:
@@ -278,7 +292,7 @@ def test_members_cut_their_squares_from_one_shared_copy_of_the_crops(
 
     from pipeline.faces import crop
     from pipeline.media import load_image
-    from pipeline.models.ensemble import member_crops
+    from pipeline.models.member import member_crops
     from serve.app import APP_NAME
     from serve.remote_models import RemoteModels, SharedCrops
 

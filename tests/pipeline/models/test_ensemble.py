@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from pipeline.errors import BadInputError, ModelError
-from pipeline.models import Ensemble, InferenceSettings, Member, ModelDirectory
-from pipeline.models.backends import OnnxRunner, OpenVinoRunner
-from pipeline.models.ensemble import sigmoid
+from pipeline.models import Ensemble, EnsembleModule, InferenceSettings, Member, ModelDirectory
+from pipeline.models.backends import OnnxRunner, OpenVinoRunner, weights_path
+from pipeline.models.member import sigmoid
 from pipeline.models.preprocess import crops_to_unit_batch, normalise
 from tests.support.models import make_model_dir
 
@@ -259,6 +259,9 @@ def test_onnx_export_is_cached_by_weights(
 ) -> None:
     files = sorted(model_dir.cache_dir.glob("*.onnx"))
     assert len(files) == 5
+    # Each graph's weights in a file beside it (read without a protobuf copy; see export_onnx).
+    for f in files:
+        assert weights_path(f).stat().st_size > 4 * f.stat().st_size
     again = Ensemble.load(InferenceSettings(model_dir=model_dir.root, backend="onnx", device="cpu"))
     assert sorted(model_dir.cache_dir.glob("*.onnx")) == files
     assert {m.runner.path for m in again.members} == set(files)  # type: ignore[attr-defined]
@@ -314,3 +317,40 @@ def test_untrained_ensemble_is_reproducible_across_loads(tmp_path: Path) -> None
     a = Ensemble.load(settings).predict(crops)
     b = Ensemble.load(settings).predict(crops)
     np.testing.assert_array_equal(a.member_probabilities, b.member_probabilities)
+
+
+def test_exported_members_hold_their_weights_once(
+    model_dir: ModelDirectory, torch_ensemble: Ensemble
+) -> None:
+    """A member on an exported runtime keeps no torch network until one is asked for (attacks,
+    training), and the one it then builds has the weights of the file it runs."""
+    fresh = Ensemble.load(InferenceSettings(model_dir=model_dir.root, backend="onnx", device="cpu"))
+    assert not any(m.has_network for m in fresh.members)
+    crops = faces(3, seed=8)
+    pred = fresh.predict(crops)
+    assert not any(m.has_network for m in fresh.members)
+    for j, member in enumerate(fresh.members):
+        built, loaded = member.net.state_dict(), torch_ensemble.members[j].net.state_dict()
+        assert built.keys() == loaded.keys()
+        for key, value in built.items():
+            torch.testing.assert_close(value, loaded[key], rtol=0, atol=0, msg=key)
+        assert member.has_network
+    np.testing.assert_allclose(
+        pred.member_probabilities,
+        torch_ensemble.predict(crops).member_probabilities,
+        atol=PROB_ATOL,
+    )
+
+
+def test_recomputed_members_give_the_same_gradients(torch_ensemble: Ensemble) -> None:
+    members = torch_ensemble.members
+    nets, specs = [m.net for m in members], [m.spec for m in members]
+    x = crops_to_unit_batch(faces(2, seed=9), 64, torch.device("cpu"))
+    grads = []
+    for recompute in (False, True):
+        module = EnsembleModule(nets, specs, 64, recompute=recompute).eval()
+        xi = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(module(xi).log().sum(), xi)
+        grads.append(grad)
+    assert float(grads[0].abs().max()) > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-9)

@@ -13,7 +13,9 @@ import torch
 
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.models import Ensemble, InferenceSettings, ModelDirectory
-from pipeline.models.ensemble import (
+from pipeline.models.importers import ImportedMember
+from pipeline.models.manifest import Manifest
+from pipeline.models.member import (
     combine,
     expected_infos,
     member_crops,
@@ -22,8 +24,6 @@ from pipeline.models.ensemble import (
     sigmoid,
     untrained_warning,
 )
-from pipeline.models.importers import ImportedMember
-from pipeline.models.manifest import Manifest
 from pipeline.models.outputs import fake_logit
 from pipeline.models.preprocess import crops_to_unit_batch, normalise
 from pipeline.models.registry import build_network
