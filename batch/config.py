@@ -56,8 +56,8 @@ class StageSettings(BaseModel):
     #: models run in a Serve application.
     num_gpus: float | None = Field(None, ge=0.0)
     #: Memory each actor reserves (MiB; None: none), so that Ray places no more actors on a
-    #: node than its memory holds (the full-size ensemble: about 5 GB on CPU; an attack actor:
-    #: that plus about 2.3 GB per face of a PGD batch).
+    #: node than its memory holds (the full-size ensemble on CPU: `dfd bench evaluate` measured
+    #: 1.9 GB per scoring actor; an attack actor with PGD batches of 2 faces: about 5 GB).
     memory_mb: int | None = Field(None, ge=1)
     #: Tasks (shots, or chunks of a face sequence) per call: what is batched across videos.
     batch_size: int = Field(1, ge=1)
