@@ -34,7 +34,9 @@ from pipeline.models.backends import (
     OnnxRunner,
     OpenVinoRunner,
     Runner,
+    TorchRunner,
     export_key,
+    export_onnx,
     weights_path,
 )
 from pipeline.models.checkpoint import file_sha256, verify_checkpoint
@@ -304,8 +306,6 @@ class Member:
         if backend in ("onnx", "openvino"):
             onnx_path = directory.cache_dir / f"{spec.name}-{export_key(spec, weights_id)}.onnx"
             if not onnx_path.exists():
-                from pipeline.models.backends import export_onnx
-
                 export_onnx(
                     member_network(spec, checkpoint, sha256),
                     spec,
@@ -321,8 +321,6 @@ class Member:
                     cache_dir=directory.cache_dir / "openvino",
                 )
         else:
-            from pipeline.models.backends import TorchRunner
-
             net = member_network(spec, checkpoint, sha256)
             runner = TorchRunner(
                 net, settings.torch_device(), settings.precision, settings.channels_last
