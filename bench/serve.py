@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
 
 #: The deployments whose ``@serve.batch`` the benchmark turns on and off.
 MODEL_DEPLOYMENTS = ("detector", "embedder", "features", "members")
-#: The deployments that hold models (their replicas' memory is summed); members are named
-#: ``Member_<name>``.
-MODEL_REPLICA_PREFIXES = ("FaceDetector", "FaceEmbedder", "RegionFeatures", "Member_")
 #: The rounds' settings, in order: (``@serve.batch`` on, the members' crops put once for all).
 MODES = ((True, True), (True, False), (False, True))
 
@@ -130,15 +128,14 @@ def _through_service(
     ``figures``."""
     from ray import serve as ray_serve
 
-    from serve.app import APP_NAME, build_app
+    from serve.app import APP_NAME, build_app, model_deployment_names
 
     image = settings.image
     t0 = time.perf_counter()
-    url = start_service(
-        _service_config(analysis, True, settings.runner_concurrency), "127.0.0.1", free_port()
-    )
+    config = _service_config(analysis, True, settings.runner_concurrency)
+    url = start_service(config, "127.0.0.1", free_port())
     figures["startup_s"] = time.perf_counter() - t0
-    figures["replicas"] = replica_memory()
+    figures["replicas"] = replica_memory(model_deployment_names(config))
     _print_replicas(figures["replicas"])
     try:
         for i, (batching, share) in enumerate(MODES):
@@ -166,10 +163,10 @@ def _through_service(
         stop_service()
 
 
-def replica_memory() -> list[dict[str, Any]]:
+def replica_memory(model_deployments: Collection[str]) -> list[dict[str, Any]]:
     """Resident memory (MiB, by kind: see :func:`bench.harness.process_memory_mb`) of every Serve
     replica process on this machine (Ray titles them ``ray::ServeReplica:<app>:<deployment>``),
-    with its deployment and whether it holds a model."""
+    with its deployment and whether it holds a model (is one of ``model_deployments``)."""
     rows = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -182,7 +179,7 @@ def replica_memory() -> list[dict[str, Any]]:
         except OSError:  # gone meanwhile
             continue
         deployment = title.rpartition(":")[2].strip()
-        model = deployment.startswith(MODEL_REPLICA_PREFIXES)
+        model = deployment in model_deployments
         rows.append({"deployment": deployment, "pid": int(proc.name), "model": model, **memory})
     return sorted(rows, key=lambda r: (not r["model"], r["deployment"]))
 
@@ -191,17 +188,14 @@ def _print_replicas(rows: list[dict[str, Any]]) -> None:
     table = Table(title="Serve replicas after start-up, resident memory (MiB)")
     for col in ("deployment", "holds a model", "RSS", "private", "file", "shared"):
         table.add_column(col, justify="left" if col == "deployment" else "right")
+    kinds = ("rss", "anon", "file", "shmem")
     for r in rows:
         table.add_row(
-            r["deployment"], "yes" if r["model"] else "no", f"{r['rss']:.0f}", f"{r['anon']:.0f}",
-            f"{r['file']:.0f}", f"{r['shmem']:.0f}",
-        )  # fmt: skip
+            r["deployment"], "yes" if r["model"] else "no", *(f"{r[k]:.0f}" for k in kinds)
+        )
     models = [r for r in rows if r["model"]]
-    table.add_row(
-        f"sum of the {len(models)} model replicas", "", f"{sum(r['rss'] for r in models):.0f}",
-        f"{sum(r['anon'] for r in models):.0f}", f"{sum(r['file'] for r in models):.0f}",
-        f"{sum(r['shmem'] for r in models):.0f}",
-    )  # fmt: skip
+    sums = (f"{sum(r[k] for r in models):.0f}" for k in kinds)
+    table.add_row(f"sum of the {len(models)} model replicas", "", *sums)
     out_console.print(table)
 
 

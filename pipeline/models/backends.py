@@ -17,6 +17,7 @@ outside the 1e-4 agreement with eager this project holds every backend to.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -43,8 +44,6 @@ ONNX_OPSET = 17
 EXPORT_LAYOUT = "external-data-1"
 
 log = logging.getLogger(__name__)
-
-_TORCH_VERSION = importlib.metadata.version("torch")
 
 
 class Runner(Protocol):
@@ -283,5 +282,12 @@ def weights_path(onnx_path: Path) -> Path:
 def export_key(spec: MemberSpec, weights_id: str) -> str:
     """Cache key of an exported file: architecture, weights and exporter versions (torch's from
     the package metadata: the key is computed without importing torch)."""
-    raw = f"{spec.architecture_digest()}:{weights_id}:{_TORCH_VERSION}:{ONNX_OPSET}:{EXPORT_LAYOUT}"
+    torch_version = _package_version("torch")
+    raw = f"{spec.architecture_digest()}:{weights_id}:{torch_version}:{ONNX_OPSET}:{EXPORT_LAYOUT}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _package_version(name: str) -> str:
+    """An installed package's version, read once (from its metadata, without importing it)."""
+    return importlib.metadata.version(name)

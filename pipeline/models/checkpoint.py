@@ -81,10 +81,16 @@ def load_checkpoint(module: nn.Module, path: Path, expected_sha256: str | None) 
     the missing, unexpected or wrongly shaped keys.
     """
     actual = verify_checkpoint(path, expected_sha256)
+    load_verified(module, path)
+    return actual
+
+
+def load_verified(module: nn.Module, path: Path) -> None:
+    """Load ``path``, whose sha256 the caller has checked (:func:`verify_checkpoint`), into
+    ``module`` with strict keys (:class:`CheckpointError` naming the keys that do not fit)."""
     state = read_state_dict(path)
     check_state_dict(module, state, f"checkpoint {path}")
     module.load_state_dict(state, strict=True)
-    return actual
 
 
 def verify_checkpoint(path: Path, expected_sha256: str | None) -> str:

@@ -228,19 +228,19 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -x.astype(np.float64)))
 
 
-def member_network(spec: MemberSpec, checkpoint: Path | None, sha256: str | None) -> nn.Module:
-    """``spec``'s torch network on the CPU in eval mode: ``checkpoint`` loaded with strict keys
-    (its sha256 checked against ``sha256``), or without one the seeded random initialisation
+def member_network(spec: MemberSpec, checkpoint: Path | None) -> nn.Module:
+    """``spec``'s torch network on the CPU in eval mode: ``checkpoint`` (a file whose sha256 the
+    caller has checked) loaded with strict keys, or without one the seeded random initialisation
     with its batch-norm statistics calibrated
     (:func:`~pipeline.models.networks.calibrate_untrained`)."""
-    from pipeline.models.checkpoint import load_checkpoint
+    from pipeline.models.checkpoint import load_verified
     from pipeline.models.networks import build_network, calibrate_untrained
 
     net = build_network(spec)
     if checkpoint is None:
         calibrate_untrained(net, spec)
     else:
-        load_checkpoint(net, checkpoint, sha256)
+        load_verified(net, checkpoint)
     return net.eval()
 
 
@@ -281,7 +281,8 @@ class Member:
         :func:`~pipeline.models.networks.init_seed`) and says so loudly, unless
         ``settings.require_trained_weights`` turns that into an error. The torch network is
         built here only for the torch runner or to export a file the cache lacks (strict keys,
-        :func:`~pipeline.models.checkpoint.load_checkpoint`), and dropped once exported.
+        :func:`~pipeline.models.checkpoint.load_verified`), and dropped once exported; the
+        checkpoint is hashed once.
         """
         path = directory.checkpoint_path(spec)
         checkpoint: Path | None = None
@@ -307,7 +308,7 @@ class Member:
             onnx_path = directory.cache_dir / f"{spec.name}-{export_key(spec, weights_id)}.onnx"
             if not onnx_path.exists():
                 export_onnx(
-                    member_network(spec, checkpoint, sha256),
+                    member_network(spec, checkpoint),
                     spec,
                     onnx_path,
                     separate_weights=True,
@@ -321,7 +322,7 @@ class Member:
                     cache_dir=directory.cache_dir / "openvino",
                 )
         else:
-            net = member_network(spec, checkpoint, sha256)
+            net = member_network(spec, checkpoint)
             runner = TorchRunner(
                 net, settings.torch_device(), settings.precision, settings.channels_last
             )
@@ -336,7 +337,9 @@ class Member:
         for a member that runs an exported file, then kept."""
         with self._net_lock:
             if self._net is None:
-                self._net = member_network(self.spec, self._checkpoint, self.info.sha256)
+                if self._checkpoint is not None:  # unchanged since the runtime loaded it?
+                    verify_checkpoint(self._checkpoint, self.info.sha256)
+                self._net = member_network(self.spec, self._checkpoint)
             return self._net
 
     @property

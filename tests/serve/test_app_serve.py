@@ -268,7 +268,7 @@ def test_the_benchmark_finds_every_model_replica_and_its_memory(serve_app: Serve
     application, by deployment, with its resident memory split by kind."""
     from bench.serve import replica_memory
 
-    rows = replica_memory()
+    rows = replica_memory(model_deployment_names(serve_app.config))
     assert {r["deployment"] for r in rows if r["model"]} == set(
         model_deployment_names(serve_app.config)
     )
